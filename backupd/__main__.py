@@ -1,0 +1,3 @@
+from backupd.cli import run
+
+run()

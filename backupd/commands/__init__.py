@@ -1,0 +1,9 @@
+"""One module per subcommand; each has `add_parser(subparsers, common)` setting `handler`."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from backupd.commands import backup, check_config, list_backups, prune, status
+
+COMMANDS: list[ModuleType] = [backup, status, list_backups, prune, check_config]

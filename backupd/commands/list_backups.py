@@ -1,0 +1,38 @@
+"""`backupd list [--from NAME] [--json]`: the complete backups at a destination."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from backupd.commands.common import config_from, destination_from, human_age, human_bytes, print_json
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("list", parents=[common], help="the backups at a destination")
+    parser.add_argument("--from", dest="source", metavar="NAME", help="destination (default: the first)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    destination = destination_from(config, args.source)
+    manifests = destination.backups()
+    rows = [
+        {"id": m.id, "kind": m.kind, "base": m.base, "bytes": m.total_bytes, "rows": m.total_rows,
+         "age": human_age(m.id), "artifacts": [a.name for a in m.artifacts]}
+        for m in manifests
+    ]
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        sys.stdout.write(f"no backups at {destination.name}\n")
+        return 0
+    sys.stdout.write(f"{'ID':<18} {'KIND':<12} {'SIZE':>10} {'ROWS':>10} {'AGE':>6}\n")
+    for row in rows:
+        sys.stdout.write(f"{row['id']:<18} {row['kind']:<12} {human_bytes(row['bytes']):>10} "
+                         f"{row['rows']:>10} {row['age']:>6}\n")
+    return 0

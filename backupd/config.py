@@ -1,0 +1,697 @@
+"""The configuration: pydantic models that are the only home of defaults, and the loader.
+
+Load order (contract section 3): `--config PATH`, else `$BACKUPD_CONFIG`, else
+`/etc/backupd/backupd.toml`; then `BACKUPD_<SECTION>__<KEY>` environment overrides; then secrets
+from `<key>_file` or `$CREDENTIALS_DIRECTORY/<key>`. Every problem is reported as one line that
+names its key path (`destinations[1].bucket: required`); a secret's value never appears in one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tomllib
+import zoneinfo
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from backupd import redact
+from backupd.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/backupd/backupd.toml")
+ENV_PREFIX = "BACKUPD_"
+
+_DURATION_UNITS = {
+    "ms": 0.001, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
+    "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
+    "h": 3600, "hr": 3600, "hour": 3600, "hours": 3600,
+    "d": 86400, "day": 86400, "days": 86400,
+    "w": 604800, "week": 604800, "weeks": 604800,
+}
+_DURATION_TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*")
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse `90s`, `30min`, `48h`, `7d`, `1h30min` (or a number of seconds) into a timedelta.
+
+    Raises ValueError naming the accepted units.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like '90s', '30min', '48h' or '7d'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a duration like '90s', '30min', '48h' or '7d'")
+    text = value.strip().lower()
+    pos, seconds = 0, 0.0
+    while pos < len(text):
+        match = _DURATION_TOKEN.match(text, pos)
+        if not match or match.group(2) not in _DURATION_UNITS:
+            raise ValueError(f"invalid duration {value[:40]!r}: expected a number and a unit (s, min, h, d, w)")
+        seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if seconds > 100 * 365 * 86400:
+        raise ValueError(f"duration {value[:40]!r} is longer than a century")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta in the config's own notation (`48h`, `90s`)."""
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
+OptionalDuration = Annotated[
+    timedelta | None,
+    BeforeValidator(lambda v: None if v in ("", None) else parse_duration(v)),
+    PlainSerializer(lambda v: format_duration(v) if v else "", return_type=str),
+]
+
+
+class Section(BaseModel):
+    """Base of every config model: unknown keys are refused; secrets may come from files.
+
+    Subclasses list their secret fields in `secret_keys`. For each, the value can be given inline,
+    as `<key>_file` (a path; one trailing newline stripped), or in `$CREDENTIALS_DIRECTORY/<key>`
+    (systemd's LoadCredential=).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    secret_keys: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_secret_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.secret_keys:
+            return data
+        data = dict(data)
+        credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        for key in cls.secret_keys:
+            file_key = f"{key}_file"
+            if file_key in data:
+                path = data.pop(file_key)
+                if data.get(key):
+                    raise ValueError(f"@{file_key}@ give either {key} or {file_key}, not both")
+                if not isinstance(path, str) or not path:
+                    raise ValueError(f"@{file_key}@ expected a file path")
+                data[key] = _read_secret_file(Path(path), file_key)
+            elif not data.get(key) and credentials_dir:
+                candidate = Path(credentials_dir) / key
+                if candidate.is_file():
+                    data[key] = _read_secret_file(candidate, key)
+        return data
+
+
+def _read_secret_file(path: Path, key: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"@{key}@ cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"@{key}@ {path} is not UTF-8 text") from None
+    return text[:-1] if text.endswith("\n") else text
+
+
+class SourceConfig(Section):
+    """[source]: the database to protect."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("dsn",)
+    dsn: SecretStr = Field(description="libpq connection URI or key=value string of the database to back up")
+    schemas: list[str] = Field(default=["public"], min_length=1, description="schemas whose tables are exported")
+    include_tables: list[str] = Field(default=[], description="only these tables (empty: every table)")
+    exclude_tables: list[str] = Field(default=[], description="tables left out of the export and the dump")
+    exclude_columns: dict[str, list[str]] = Field(
+        default={}, description="per table, columns that never leave the database"
+    )
+    connect_timeout: Duration = Field(default=timedelta(seconds=15), description="how long to wait for a connection")
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_not_pooler(cls, value: SecretStr) -> SecretStr:
+        dsn = value.get_secret_value().strip()
+        if not dsn:
+            raise ValueError("required")
+        if "://" in dsn:
+            try:
+                parts = urlsplit(dsn)
+                port = parts.port
+            except ValueError:
+                raise ValueError("not a valid postgresql:// URI") from None
+            if parts.scheme not in ("postgresql", "postgres"):
+                raise ValueError("must start with postgresql://")
+            if port == 6543:
+                raise ValueError(
+                    "port 6543 is Supabase's transaction pooler, which cannot hold a snapshot: "
+                    "use the session pooler or the direct connection on port 5432"
+                )
+        return value
+
+
+class DumpConfig(Section):
+    """[dump]: the SQL half of a backup."""
+
+    enabled: bool = Field(default=True, description="write schema.sql and data.sql")
+    tool: Literal["pg_dump", "supabase"] = Field(default="pg_dump", description="what produces the SQL dump")
+    pg_dump: str = Field(default="", description="path to pg_dump; empty: one whose major >= the server's")
+
+
+class ExportConfig(Section):
+    """[export]: the application half of a backup."""
+
+    enabled: bool = Field(default=True, description="write the JSON v2.0 export")
+    formats: list[Literal["json", "csv", "sqlite"]] = Field(default=["json"], description="export formats")
+    incremental: bool = Field(default=False, description="take incrementals between fulls")
+    full_every: Duration = Field(default=timedelta(days=7), description="how often a full is taken")
+
+
+class PipelineConfig(Section):
+    """[pipeline]: how artifacts are compressed and encrypted."""
+
+    compression: Literal["zstd", "gzip", "none"] = Field(default="zstd", description="compression of artifacts")
+    compression_level: int = Field(default=3, ge=1, le=19, description="zstd level (gzip: clamped to 1-9)")
+    encrypt_to: list[str] = Field(default=[], description="GPG recipients: fingerprints or armored key files")
+    age_recipients: list[str] = Field(default=[], description="age recipients (age1...) or files of them")
+
+    @model_validator(mode="after")
+    def _one_encryption(self) -> PipelineConfig:
+        if self.encrypt_to and self.age_recipients:
+            raise ValueError("use either encrypt_to (gpg) or age_recipients (age), not both")
+        return self
+
+
+_TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class ScheduleConfig(Section):
+    """[schedule]: when the daemon runs backups."""
+
+    at: list[str] = Field(default=["02:00"], description="daily times HH:MM (in timezone)")
+    every: OptionalDuration = Field(default=None, description="an interval instead of daily times, e.g. 6h")
+    timezone: str = Field(default="UTC", description="IANA time zone of `at`")
+    catch_up: bool = Field(default=True, description="on start, run at once if the last slot was missed")
+    on_changes: int = Field(default=0, ge=0, description="> 0: extra incremental after that many changed rows")
+    min_interval: Duration = Field(default=timedelta(minutes=30), description="least time between change-triggered runs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _every_replaces_at(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("every") and "at" not in data:
+            data = {**data, "at": []}
+        return data
+
+    @field_validator("at")
+    @classmethod
+    def _times(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _TIME_OF_DAY.match(item):
+                raise ValueError(f"{item[:20]!r} is not a time of day HH:MM")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value[:60]!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ScheduleConfig:
+        if self.at and self.every:
+            raise ValueError("set either at (daily times) or every (an interval), not both")
+        if not self.at and not self.every:
+            raise ValueError("set at (daily times) or every (an interval)")
+        if self.every is not None and self.every < timedelta(seconds=1):
+            raise ValueError("every must be at least 1s")
+        return self
+
+
+class StateConfig(Section):
+    """[state]: where backupd keeps status, history, the lock and staging."""
+
+    dir: Path = Field(default=Path("/var/lib/backupd"), description="state directory")
+    stale_after: Duration = Field(default=timedelta(hours=48), description="health turns stale after this")
+
+
+class Retention(Section):
+    """A destination's retention; rules combine like restic's `forget` (a backup kept by any rule stays)."""
+
+    keep_last: int | None = Field(default=None, ge=1, le=100000, description="the newest N backups")
+    keep_days: int | None = Field(default=None, ge=1, le=100000, description="every backup younger than N days")
+    keep_daily: int | None = Field(default=None, ge=1, le=100000, description="the newest backup of each of N days")
+    keep_weekly: int | None = Field(default=None, ge=1, le=100000, description="the newest of each of N weeks")
+    keep_monthly: int | None = Field(default=None, ge=1, le=100000, description="the newest of each of N months")
+
+    def is_unlimited(self) -> bool:
+        """True when no rule is set: nothing ever expires."""
+        return all(v is None for v in self.model_dump().values())
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class DestinationBase(Section):
+    """Keys every destination has."""
+
+    name: str = Field(default="", description="unique name (default: the type)")
+    retention: Retention = Field(default_factory=Retention, description="what to keep")
+    timeout: Duration = Field(default=timedelta(minutes=30), description="bound on one upload")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value and not _NAME.match(value):
+            raise ValueError("letters, digits, '.', '_' and '-' only, at most 63 characters")
+        return value
+
+
+def _prefix(value: str) -> str:
+    value = value.strip("/")
+    if any(part in ("..", ".") for part in value.split("/")):
+        raise ValueError("must not contain '.' or '..' segments")
+    return value
+
+
+class LocalDestinationConfig(DestinationBase):
+    """A folder on a local (or mounted) filesystem."""
+
+    type: Literal["local"]
+    path: Path = Field(description="folder that holds the backups")
+
+
+class GitDestinationConfig(DestinationBase):
+    """A git working repository with plain per-table JSON, one commit per backup."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("remote",)
+    type: Literal["git"]
+    path: Path = Field(description="working repository (created if missing)")
+    remote: SecretStr | None = Field(default=None, description="URL or path to push to (optional)")
+    branch: str = Field(default="main", description="branch to commit to")
+
+
+class S3DestinationConfig(DestinationBase):
+    """Any S3-compatible store: AWS, Backblaze B2, MinIO, Supabase's S3 endpoint."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("access_key_id", "secret_access_key")
+    type: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63, description="bucket name")
+    prefix: Annotated[str, BeforeValidator(lambda v: _prefix(v) if isinstance(v, str) else v)] = Field(
+        default="", description="key prefix inside the bucket"
+    )
+    endpoint_url: str = Field(default="", description="endpoint for non-AWS stores (empty: AWS)")
+    region: str = Field(default="us-east-1", description="region")
+    access_key_id: SecretStr | None = Field(default=None, description="access key (empty: boto3's chain)")
+    secret_access_key: SecretStr | None = Field(default=None, description="secret key")
+    path_style: bool = Field(default=True, description="path-style addressing (MinIO, Supabase)")
+    part_size_mb: int = Field(default=16, ge=5, le=512, description="multipart part size")
+
+
+class SupabaseDestinationConfig(DestinationBase):
+    """A Supabase Storage bucket through its REST API."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("service_role_key",)
+    type: Literal["supabase"]
+    url: str = Field(description="project URL, https://<ref>.supabase.co")
+    service_role_key: SecretStr = Field(description="service role key")
+    bucket: str = Field(min_length=1, description="storage bucket")
+    prefix: Annotated[str, BeforeValidator(lambda v: _prefix(v) if isinstance(v, str) else v)] = Field(
+        default="", description="path prefix inside the bucket"
+    )
+
+
+class RcloneDestinationConfig(DestinationBase):
+    """Anything rclone reaches (`name:path`); the remote's own config comes from RCLONE_CONFIG."""
+
+    type: Literal["rclone"]
+    remote: str = Field(description="rclone remote and path, name:path")
+    rclone: str = Field(default="rclone", description="rclone binary")
+    extra_args: list[str] = Field(default=[], description="extra rclone flags, e.g. --s3-no-head")
+
+    @field_validator("remote")
+    @classmethod
+    def _remote(cls, value: str) -> str:
+        if ":" not in value:
+            raise ValueError("expected name:path (an rclone remote)")
+        return value
+
+
+DestinationConfig = Annotated[
+    Union[
+        LocalDestinationConfig,
+        GitDestinationConfig,
+        S3DestinationConfig,
+        SupabaseDestinationConfig,
+        RcloneDestinationConfig,
+    ],
+    Field(discriminator="type"),
+]
+
+EventName = Literal["success", "failure", "partial", "stale", "recovered", "restore", "verify_failed"]
+DEFAULT_EVENTS: list[EventName] = ["failure", "partial", "stale", "recovered", "verify_failed"]
+
+
+class NotifierBase(Section):
+    """Keys every notifier has."""
+
+    on: list[EventName] = Field(default=list(DEFAULT_EVENTS), description="events that are sent")
+    timeout: Duration = Field(default=timedelta(seconds=10), description="bound on one delivery")
+    repeat_after: Duration = Field(default=timedelta(hours=6), description="repeat a failing alert at most this often")
+
+
+class TelegramNotifierConfig(NotifierBase):
+    """Telegram through the Bot API (python-telegram-bot)."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("bot_token",)
+    type: Literal["telegram"]
+    bot_token: SecretStr = Field(description="bot token from @BotFather")
+    chat_id: str = Field(min_length=1, description="chat to send to")
+    api_url: str = Field(default="https://api.telegram.org", description="Bot API root")
+    commands: bool = Field(default=False, description="answer /status and /backup from chat_id")
+
+    @field_validator("chat_id", mode="before")
+    @classmethod
+    def _chat_id(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class DiscordNotifierConfig(NotifierBase):
+    """A Discord channel webhook."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("webhook_url",)
+    type: Literal["discord"]
+    webhook_url: SecretStr = Field(description="https://discord.com/api/webhooks/...")
+
+
+class WebhookNotifierConfig(NotifierBase):
+    """A generic JSON webhook, optionally HMAC-signed."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("url", "secret")
+    type: Literal["webhook"]
+    url: SecretStr = Field(description="URL the event is POSTed to")
+    secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for X-Backupd-Signature")
+
+
+class HealthchecksNotifierConfig(NotifierBase):
+    """A healthchecks.io-style dead man's switch."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("ping_url",)
+    type: Literal["healthchecks"]
+    ping_url: SecretStr = Field(description="https://hc-ping.com/<uuid>")
+    on: list[EventName] = Field(
+        default=["success", "failure", "partial"], description="events that are pinged"
+    )
+
+
+NotifierConfig = Annotated[
+    Union[TelegramNotifierConfig, DiscordNotifierConfig, WebhookNotifierConfig, HealthchecksNotifierConfig],
+    Field(discriminator="type"),
+]
+
+
+class VerifyConfig(Section):
+    """[verify]: restore tests and scheduled drills."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("scratch_dsn",)
+    scratch_dsn: SecretStr | None = Field(default=None, description="server for scratch databases")
+    schedule: Literal["", "after-backup", "daily", "weekly"] = Field(default="", description="drill schedule")
+
+
+class HttpConfig(Section):
+    """[http]: optional health/metrics endpoint, loopback only by default."""
+
+    listen: str = Field(default="", description="host:port to serve /healthz /status /metrics (empty: off)")
+
+
+class AuditConfig(Section):
+    """[audit]: optional audit rows in the source database."""
+
+    table: str = Field(default="", description="table receiving one row per operation (empty: off)")
+
+
+class Config(Section):
+    """The whole configuration file."""
+
+    source: SourceConfig
+    dump: DumpConfig = Field(default_factory=DumpConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    destinations: list[DestinationConfig] = Field(min_length=1, description="where backups go")
+    notifiers: list[NotifierConfig] = Field(default=[], description="who is told")
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("destinations"), list):
+            data = dict(data)
+            data["destinations"] = [
+                {**d, "name": d.get("name") or d.get("type", "")} if isinstance(d, dict) else d
+                for d in data["destinations"]
+            ]
+        return data
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: set[str] = set()
+        for index, destination in enumerate(self.destinations):
+            if destination.name in seen:
+                raise ValueError(f"@destinations[{index}].name@ duplicate name {destination.name!r}")
+            seen.add(destination.name)
+        if not (self.dump.enabled or self.export.enabled):
+            raise ValueError("@dump.enabled@ dump and export are both disabled: nothing would be backed up")
+        return self
+
+    def destination(self, name: str) -> DestinationConfig:
+        """The destination called `name`; raises ConfigError listing the known names."""
+        for destination in self.destinations:
+            if destination.name == name:
+                return destination
+        known = ", ".join(d.name for d in self.destinations)
+        raise ConfigError([f"no destination named {name!r} (configured: {known})"])
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the config, for redaction."""
+        found: list[str] = []
+
+        def walk(model: BaseModel) -> None:
+            for name in type(model).model_fields:
+                value = getattr(model, name)
+                if isinstance(value, SecretStr):
+                    found.append(value.get_secret_value())
+                    found.extend(_dsn_password(value.get_secret_value()))
+                elif isinstance(value, BaseModel):
+                    walk(value)
+                elif isinstance(value, list):
+                    for item in value:
+                        if isinstance(item, BaseModel):
+                            walk(item)
+
+        walk(self)
+        return [s for s in found if s]
+
+
+def _dsn_password(dsn: str) -> list[str]:
+    if "://" in dsn:
+        try:
+            password = urlsplit(dsn).password
+        except ValueError:
+            return []
+        if password:
+            from urllib.parse import unquote
+
+            return [password, unquote(password)]
+        return []
+    match = re.search(r"password\s*=\s*(?:'((?:[^'\\]|\\.)*)'|(\S+))", dsn)
+    return [match.group(1) or match.group(2)] if match else []
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def config_path(explicit: str | Path | None) -> Path:
+    """The config file to read: `--config`, else `$BACKUPD_CONFIG`, else /etc/backupd/backupd.toml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("BACKUPD_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(explicit: str | Path | None = None, *, warn: list[str] | None = None) -> Config:
+    """Read, override from the environment, validate. Raises ConfigError (exit 2) listing every problem.
+
+    `warn`, when given, receives non-fatal remarks (a world-readable file holding inline secrets).
+    """
+    path = config_path(explicit)
+    try:
+        raw_text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path} not found"], "pass --config PATH or set BACKUPD_CONFIG") from None
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file {path}: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"config file {path} is not UTF-8 text"]) from None
+    try:
+        raw = tomllib.loads(raw_text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    raw = apply_env_overrides(raw, os.environ)
+    config = parse_config(raw)
+    if warn is not None:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            mode = 0
+        inline = any(s and s in raw_text for s in config.secrets())
+        if inline and mode & (stat.S_IRGRP | stat.S_IROTH):
+            warn.append(
+                f"{path} holds an inline secret and is readable by other users: chmod 600 it, "
+                "or move the secret to a <key>_file or a systemd credential"
+            )
+    return config
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    """Validate a raw config mapping; raises ConfigError with one line per problem."""
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_errors(exc)) from None
+    redact.register(config.secrets())
+    problems = _unsupported_types(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _unsupported_types(config: Config) -> list[str]:
+    from backupd.destinations import DESTINATION_TYPES
+    from backupd.notify import NOTIFIER_TYPES
+
+    problems = []
+    for index, destination in enumerate(config.destinations):
+        if destination.type not in DESTINATION_TYPES:
+            problems.append(f"destinations[{index}].type: {destination.type!r} is not supported yet")
+    for index, notifier in enumerate(config.notifiers):
+        if notifier.type not in NOTIFIER_TYPES:
+            problems.append(f"notifiers[{index}].type: {notifier.type!r} is not supported yet")
+    return problems
+
+
+_TAGS = {"local", "git", "s3", "supabase", "rclone", "telegram", "discord", "webhook", "healthchecks"}
+_MOVED_KEY = re.compile(r"^@([^@]+)@ ")
+
+
+def format_validation_errors(exc: ValidationError) -> list[str]:
+    """One line per pydantic error: `destinations[1].bucket: required`. Input values are never echoed."""
+    lines: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        parts: list[str] = []
+        loc = list(error["loc"])
+        for position, part in enumerate(loc):
+            if isinstance(part, int):
+                parts.append(f"[{part}]")
+            elif position > 0 and isinstance(loc[position - 1], int) and part in _TAGS:
+                continue  # the discriminator's branch name adds nothing for the reader
+            elif isinstance(part, str) and part.startswith("function-"):
+                continue
+            else:
+                parts.append(("." if parts else "") + str(part))
+        path = "".join(parts)
+        message = _message(error)
+        moved = _MOVED_KEY.match(message)
+        if moved:
+            key = moved.group(1)
+            path = key if key.startswith("destinations[") or key.startswith("dump.") else (
+                f"{path}.{key}" if path else key
+            )
+            message = message[moved.end():]
+        lines.append(f"{path or 'config'}: {message}")
+    return lines
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "required"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "union_tag_invalid":
+        expected = error.get("ctx", {}).get("expected_tags", "")
+        return f"unknown type (expected one of {expected})"
+    if kind == "union_tag_not_found":
+        return "type: required"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    return message
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    """Apply `BACKUPD_<SECTION>__<KEY>=value` (and `BACKUPD_DESTINATIONS__0__PATH`) over the file.
+
+    A value that parses as a JSON array or object is used as such; any other value is a string that
+    the models coerce (`true`, `5`, `48h`).
+    """
+    result = json.loads(json.dumps(raw))
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name == "BACKUPD_CONFIG":
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__")]
+        if not all(path):
+            continue
+        parsed: Any = value
+        if value[:1] in ("[", "{"):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = value
+        node: Any = result
+        for position, part in enumerate(path[:-1]):
+            following = path[position + 1]
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    break
+                node = node[int(part)]
+            else:
+                if part not in node or not isinstance(node[part], (dict, list)):
+                    node[part] = [] if following.isdigit() else {}
+                node = node[part]
+        else:
+            last = path[-1]
+            if isinstance(node, list):
+                if last.isdigit() and int(last) < len(node):
+                    node[int(last)] = parsed
+            elif isinstance(node, dict):
+                node[last] = parsed
+    return result

@@ -1,0 +1,84 @@
+"""The error kinds backupd raises; each maps to one exit code and prints as one line."""
+
+from __future__ import annotations
+
+
+class BackupdError(Exception):
+    """An error an operator can act on: a one-line message plus an optional hint.
+
+    `exit_code` is what the CLI exits with when this error ends a command.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        from backupd.redact import redact
+
+        text = self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+        return redact(text)
+
+
+class ConfigError(BackupdError):
+    """The configuration is invalid; `problems` holds one line per problem, each naming its key path."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str], hint: str | None = None) -> None:
+        super().__init__("; ".join(problems), hint)
+        self.problems = problems
+
+
+class UsageError(BackupdError):
+    """The command line asks for something that cannot be done as asked."""
+
+    exit_code = 2
+
+
+class CommandError(BackupdError):
+    """A subprocess (pg_dump, psql, gpg, git, rclone, ...) failed; the message carries its stderr tail."""
+
+    def __init__(self, argv0: str, returncode: int, stderr_tail: str, hint: str | None = None) -> None:
+        detail = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else "no error output"
+        super().__init__(f"{argv0} exited with code {returncode}: {detail}", hint)
+        self.argv0 = argv0
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+
+
+class SourceError(BackupdError):
+    """The database could not be read (unreachable, auth, version, connection lost)."""
+
+
+class DestinationError(BackupdError):
+    """A destination refused or failed an operation. `transient` errors are worth retrying."""
+
+    def __init__(self, message: str, hint: str | None = None, *, transient: bool = False) -> None:
+        super().__init__(message, hint)
+        self.transient = transient
+
+
+class NotFound(DestinationError):
+    """An object or backup does not exist at the destination."""
+
+
+class IntegrityError(BackupdError):
+    """A backup is incomplete, corrupt, truncated, tampered with, or of an unknown format."""
+
+
+class StorageFull(BackupdError):
+    """A write failed because a filesystem is full or not writable."""
+
+
+class LockHeld(BackupdError):
+    """Another backupd run holds the lock on the state directory."""
+
+    exit_code = 4
+
+
+class Abandoned(BackupdError):
+    """The run was stopped by a signal (SIGTERM/SIGINT) before it finished."""

@@ -1,0 +1,64 @@
+"""One redaction step for every byte backupd writes or sends: logs, errors, status, manifests, alerts.
+
+Secrets are registered when the config is loaded (every SecretStr value); on top of that, any
+password inside a URL-style or key=value DSN is masked even when it was never registered (a DSN
+echoed by psycopg, a command line, a URL in a traceback).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+
+MASK = "***"
+_lock = threading.Lock()
+_secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+
+# scheme://user:password@host  ->  scheme://user:***@host
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)")
+# password=secret (libpq key/value), PGPASSWORD=..., token=..., key=...
+_KV_SECRET = re.compile(
+    r"(?P<head>\b(?:password|passwd|pgpassword|token|secret|api_key|apikey|access_key|secret_access_key)"
+    r"\s*[=:]\s*['\"]?)(?P<pw>[^\s'\"&;,]+)",
+    re.IGNORECASE,
+)
+# Telegram bot tokens inside URLs: /bot123456:ABC-DEF/...
+_BOT_TOKEN = re.compile(r"(?P<head>/bot)(?P<pw>\d+:[A-Za-z0-9_-]+)")
+
+
+def register(values: Iterable[str]) -> None:
+    """Remember secret values so that `redact` masks them wherever they appear."""
+    global _pattern
+    with _lock:
+        for value in values:
+            if value and len(value) >= 4:
+                _secrets.add(value)
+        if _secrets:
+            alternatives = sorted(_secrets, key=len, reverse=True)
+            _pattern = re.compile("|".join(re.escape(s) for s in alternatives))
+
+
+def redact(text: str) -> str:
+    """Return `text` with every registered secret and every inline password replaced by ***."""
+    if not text:
+        return text
+    pattern = _pattern
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("tail"), text)
+    text = _KV_SECRET.sub(lambda m: m.group("head") + MASK, text)
+    text = _BOT_TOKEN.sub(lambda m: m.group("head") + MASK, text)
+    return text
+
+
+def redact_obj(value: object) -> object:
+    """Redact every string inside a JSON-like structure (dicts, lists, strings); other values pass."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_obj(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_obj(v) for v in value]
+    return value

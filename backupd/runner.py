@@ -1,0 +1,342 @@
+"""One run: lock -> snapshot -> sources side by side -> manifest -> fan-out -> retention -> status -> alerts.
+
+The same pipeline serves `backupd backup` and the daemon's scheduled runs. A run is published
+only by the manifests written last at each destination; whatever happens, staging is removed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+from backupd import __version__, proc
+from backupd.catalog import Table, discover
+from backupd.config import Config, DestinationConfig
+from backupd.db import one_line
+from backupd.destinations import build
+from backupd.destinations.base import Destination, StagedBackup
+from backupd.errors import Abandoned, BackupdError, DestinationError
+from backupd.manifest import Manifest, TableEntry, backup_id, iso, now_utc
+from backupd.notify.dispatch import dispatch_run
+from backupd.redact import redact
+from backupd.snapshot import Snapshot
+from backupd.sources import ArtifactSink, SourceReport
+from backupd.sources.json_export import JsonExportSource
+from backupd.sources.pg_dump import PgDumpSource
+from backupd.status import StatusStore
+
+log = structlog.get_logger("backupd.run")
+
+Outcome = Literal["success", "partial", "failed"]
+EXIT_CODES: dict[str, int] = {"success": 0, "partial": 3, "failed": 1}
+RETRY_DELAYS = (1.0, 4.0, 16.0)
+
+
+@dataclass
+class RunResult:
+    """What one run did; `record()` is what status.json and history.jsonl keep."""
+
+    id: str
+    started: datetime
+    trigger: str
+    kind: str = "full"
+    finished: datetime | None = None
+    outcome: Outcome = "failed"
+    error: str | None = None
+    manifest: Manifest | None = None
+    destinations: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0 success, 3 partial, 1 failed."""
+        return EXIT_CODES[self.outcome]
+
+    @property
+    def duration_seconds(self) -> float:
+        """Wall time of the run."""
+        end = self.finished or now_utc()
+        return round((end - self.started).total_seconds(), 3)
+
+    def record(self) -> dict[str, Any]:
+        """The run as JSON-ready data (no secret: errors are redacted)."""
+        manifest = self.manifest
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "trigger": self.trigger,
+            "started": iso(self.started),
+            "finished": iso(self.finished or now_utc()),
+            "duration_seconds": self.duration_seconds,
+            "outcome": self.outcome,
+            "error": redact(self.error) if self.error else None,
+            "rows": manifest.total_rows if manifest else 0,
+            "bytes": manifest.total_bytes if manifest else 0,
+            "tables": {k: v.rows for k, v in manifest.tables.items()} if manifest else {},
+            "destinations": self.destinations,
+            "host": socket.gethostname(),
+        }
+
+
+PhaseCallback = Callable[[str], None]
+
+
+class Runner:
+    """Runs backups for one config. `on_phase` hears each phase (the daemon relays it to systemd)."""
+
+    def __init__(self, config: Config, *, on_phase: PhaseCallback | None = None) -> None:
+        self.config = config
+        self.state_dir = config.state.dir
+        self.status = StatusStore(self.state_dir)
+        self.on_phase = on_phase or (lambda phase: None)
+        self._snapshot: Snapshot | None = None
+        self._snapshot_lock = threading.Lock()
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self, *, trigger: str = "manual", only: list[str] | None = None,
+            kind: str | None = None, wait_for_lock: bool = False,
+            next_run: datetime | None = None) -> RunResult:
+        """One backup under the lock. Raises LockHeld (another run) and Abandoned (a signal);
+        every other failure is a `failed` result, recorded in status.json."""
+        from backupd.lock import RunLock
+
+        lock = RunLock(self.state_dir)
+        lock.acquire(wait=wait_for_lock)
+        try:
+            return self._locked_run(trigger, only, kind, next_run)
+        finally:
+            lock.release()
+
+    def _new_id(self) -> tuple[str, datetime]:
+        last = str((self.status.load().get("last_run") or {}).get("id") or "")
+        started = datetime.now(UTC)
+        while backup_id(started) <= last:
+            # two runs in one second would share an id: start this one in the next second
+            time.sleep(max(0.05, 1 - datetime.now().microsecond / 1e6))
+            started = datetime.now(UTC)
+        return backup_id(started), started
+
+    def _locked_run(self, trigger: str, only: list[str] | None, kind: str | None,
+                    next_run: datetime | None) -> RunResult:
+        identifier, started = self._new_id()
+        structlog.contextvars.bind_contextvars(run_id=identifier)
+        result = RunResult(id=identifier, started=started, trigger=trigger)
+        staging_root = self.state_dir / "staging"
+        staging = staging_root / identifier
+        destinations = self._destinations(only)
+        try:
+            self._clean_staging(staging_root)
+            staging.mkdir(parents=True, mode=0o700)
+            log.info("backup_started", trigger=trigger, destinations=[d.name for d, _ in destinations])
+            self.on_phase("snapshot")
+            result.manifest = self._produce(identifier, started, staging)
+            result.kind = result.manifest.kind
+            self.on_phase("upload")
+            self._fan_out(StagedBackup(staging, result.manifest), destinations, result)
+            stored = [name for name, r in result.destinations.items() if r["ok"]]
+            result.outcome = "success" if len(stored) == len(destinations) else "partial" if stored else "failed"
+            if not stored:
+                result.error = "; ".join(f"{n}: {r['error']}" for n, r in result.destinations.items())
+        except Abandoned:
+            result.outcome = "failed"
+            result.error = "abandoned: stopped by a signal"
+            log.warning("backup_abandoned")
+            raise
+        except BackupdError as exc:
+            result.outcome = "failed"
+            result.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug must still be recorded as a failed run
+            result.outcome = "failed"
+            result.error = f"internal error: {type(exc).__name__}: {redact(str(exc))}"
+            log.exception("backup_crashed")
+        finally:
+            result.finished = datetime.now(UTC)
+            shutil.rmtree(staging, ignore_errors=True)
+            if result.error != "abandoned: stopped by a signal":
+                self._finish(result, next_run)
+            structlog.contextvars.unbind_contextvars("run_id")
+        return result
+
+    def _finish(self, result: RunResult, next_run: datetime | None) -> None:
+        level = "info" if result.outcome == "success" else "warning" if result.outcome == "partial" else "error"
+        getattr(log, level)(
+            "backup_finished", outcome=result.outcome, duration_s=result.duration_seconds,
+            rows=result.manifest.total_rows if result.manifest else 0,
+            bytes=result.manifest.total_bytes if result.manifest else 0, error=result.error,
+        )
+        try:
+            status = self.status.record_run(result.record(), next_run)
+        except BackupdError as exc:
+            log.error("status_write_failed", error=str(exc))
+            status = {}
+            if result.outcome != "failed":
+                result.outcome = "failed"
+                result.error = str(exc)
+        dispatch_run(self.config, result, status)
+
+    def _clean_staging(self, staging_root: Path) -> None:
+        if staging_root.exists():
+            for leftover in staging_root.iterdir():
+                shutil.rmtree(leftover, ignore_errors=True)
+                log.info("staging_removed", path=str(leftover))
+
+    def _destinations(self, only: list[str] | None) -> list[tuple[Destination, DestinationConfig]]:
+        configs = [self.config.destination(n) for n in only] if only else list(self.config.destinations)
+        return [(build(c), c) for c in configs]
+
+    # -- producing ----------------------------------------------------------------------------
+
+    def _produce(self, identifier: str, started: datetime, staging: Path) -> Manifest:
+        source = self.config.source
+        snapshot = Snapshot(source.dsn.get_secret_value(), source.connect_timeout)
+        with self._snapshot_lock:
+            self._snapshot = snapshot
+        try:
+            tables = discover(snapshot.conn, source.schemas, source.include_tables,
+                              source.exclude_tables, source.exclude_columns)
+            log.info("snapshot_taken", snapshot=snapshot.id, server=snapshot.info.server_version,
+                     tables=len(tables))
+            encryptor = self._encryptor()
+            sink = ArtifactSink(staging, self.config.pipeline.compression,
+                                self.config.pipeline.compression_level, encryptor)
+            jobs: list[Callable[[], SourceReport]] = []
+            if self.config.dump.enabled:
+                dump = self._dump_source(tables)
+                dump.pick_tool(snapshot)  # fail on a too-old pg_dump before anything is written
+                jobs.append(lambda: dump.produce(snapshot, sink))
+            if self.config.export.enabled:
+                jobs.extend(self._export_jobs(snapshot, sink, tables))
+            reports = self._run_side_by_side(jobs, snapshot)
+            artifacts = [a for r in reports for a in r.artifacts]
+            table_entries: dict[str, TableEntry] = {}
+            for report in reports:
+                table_entries.update(report.tables)
+            return Manifest(
+                id=identifier, kind="full", started_at=iso(started), finished_at=iso(now_utc()),
+                backupd=__version__,
+                source={"server_version": snapshot.info.server_version,
+                        "server_version_num": snapshot.info.server_version_num,
+                        "database": snapshot.info.database},  # type: ignore[arg-type]
+                snapshot=snapshot.id,
+                export_version="2.0" if self.config.export.enabled else None,
+                schemas=list(source.schemas),
+                excluded_columns={t.key: t.excluded_columns for t in tables if t.excluded_columns},
+                tables=table_entries,
+                table_order=[t.key for t in tables],
+                artifacts=artifacts,
+                encryption_recipients=list(encryptor.recipients) if encryptor else [],
+            )
+        finally:
+            with self._snapshot_lock:
+                self._snapshot = None
+            snapshot.close()
+
+    def _dump_source(self, tables: list[Table]) -> PgDumpSource:
+        return PgDumpSource(self.config.source, self.config.dump, tables)
+
+    def _export_jobs(self, snapshot: Snapshot, sink: ArtifactSink,
+                     tables: list[Table]) -> list[Callable[[], SourceReport]]:
+        exporter = JsonExportSource(tables)
+        return [lambda: exporter.produce(snapshot, sink)]
+
+    def _encryptor(self) -> Any:
+        pipeline = self.config.pipeline
+        if not (pipeline.encrypt_to or pipeline.age_recipients):
+            return None
+        from backupd.crypto import build_encryptor
+
+        return build_encryptor(pipeline, self.state_dir)
+
+    def _run_side_by_side(self, jobs: list[Callable[[], SourceReport]], snapshot: Snapshot) -> list[SourceReport]:
+        """Run the producers in parallel; the first failure stops the others."""
+        if len(jobs) == 1:
+            return [jobs[0]()]
+        pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="source")
+        # each job runs in a copy of our context, so its log lines carry run_id too
+        futures: list[Future[SourceReport]] = [pool.submit(contextvars.copy_context().run, job) for job in jobs]
+        try:
+            reports = []
+            pending = list(futures)
+            while pending:
+                for future in list(pending):
+                    try:
+                        reports.append(future.result(timeout=0.2))
+                        pending.remove(future)
+                    except TimeoutError:
+                        continue
+            return reports
+        except BaseException:
+            self.abort_producers(snapshot)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort_producers(self, snapshot: Snapshot | None = None) -> None:
+        """Stop every producer (children terminated, queries cancelled); safe from any thread."""
+        proc.terminate_all()
+        with self._snapshot_lock:
+            target = snapshot or self._snapshot
+        if target is not None:
+            target.cancel()
+
+    # -- fan-out ------------------------------------------------------------------------------
+
+    def _fan_out(self, staged: StagedBackup, destinations: list[tuple[Destination, DestinationConfig]],
+                 result: RunResult) -> None:
+        """Every destination is tried; one failing never stops the others."""
+        for destination, config in destinations:
+            structlog.contextvars.bind_contextvars(destination=destination.name)
+            began = time.monotonic()
+            try:
+                try:
+                    destination.sweep(keep=None)
+                except BackupdError as exc:
+                    log.warning("sweep_failed", error=str(exc))
+                self._store_with_retry(destination, staged)
+                result.destinations[destination.name] = {
+                    "ok": True, "error": None, "seconds": round(time.monotonic() - began, 3)}
+                log.info("destination_stored", seconds=round(time.monotonic() - began, 3))
+                self._apply_retention(destination, config)
+            except Abandoned:
+                raise
+            except BackupdError as exc:
+                result.destinations[destination.name] = {"ok": False, "error": str(exc)}
+                log.error("destination_failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - isolate a destination's bug from the others
+                message = f"{type(exc).__name__}: {one_line(exc)}"
+                result.destinations[destination.name] = {"ok": False, "error": message}
+                log.exception("destination_crashed")
+            finally:
+                structlog.contextvars.unbind_contextvars("destination")
+
+    def _store_with_retry(self, destination: Destination, staged: StagedBackup) -> None:
+        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+            try:
+                destination.store(staged)
+                return
+            except DestinationError as exc:
+                if not exc.transient or delay is None:
+                    raise
+                log.warning("destination_retrying", attempt=attempt + 1, delay_s=delay, error=str(exc))
+                time.sleep(delay)
+
+    def _apply_retention(self, destination: Destination, config: DestinationConfig) -> None:
+        if config.retention.is_unlimited():
+            return
+        from backupd.retention import apply_retention
+
+        try:
+            apply_retention(destination, config.retention, now_utc(), dry_run=False)
+        except BackupdError as exc:
+            log.error("retention_failed", error=str(exc))

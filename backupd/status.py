@@ -1,0 +1,147 @@
+"""status.json (replaced atomically after every run), history.jsonl (one line per run), health.
+
+Health: `never` (no run yet), `failing` (the latest run failed, or the latest drill failed),
+`stale` (last success older than stale_after), else `healthy`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from backupd.errors import StorageFull
+from backupd.manifest import iso
+from backupd.redact import redact_obj
+
+STATUS_NAME = "status.json"
+HISTORY_NAME = "history.jsonl"
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Temp file, fsync, rename, fsync the directory: readers see the old or the new file, never half."""
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        try:
+            temp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise StorageFull(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """A timestamp written by `iso`, or None."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class StatusStore:
+    """Reads and writes the state dir's status and history."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+
+    @property
+    def status_path(self) -> Path:
+        return self.dir / STATUS_NAME
+
+    @property
+    def history_path(self) -> Path:
+        return self.dir / HISTORY_NAME
+
+    def load(self) -> dict[str, Any]:
+        """The last written status, or {} (no run yet, or an unreadable file)."""
+        try:
+            data = json.loads(self.status_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def save(self, status: dict[str, Any]) -> None:
+        """Replace status.json atomically."""
+        atomic_write(self.status_path, (json.dumps(redact_obj(status), indent=2) + "\n").encode())
+
+    def append_history(self, record: dict[str, Any]) -> None:
+        """Append one line to history.jsonl (fsynced)."""
+        line = (json.dumps(redact_obj(record), separators=(",", ":")) + "\n").encode()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageFull(f"cannot append to {self.history_path}: {exc.strerror or exc}") from None
+
+    def record_run(self, run: dict[str, Any], next_run: datetime | None = None) -> dict[str, Any]:
+        """Fold one finished run into status.json and history.jsonl; returns the new status."""
+        status = self.load()
+        destinations: dict[str, Any] = dict(status.get("destinations", {}))
+        for name, result in run.get("destinations", {}).items():
+            entry = dict(destinations.get(name, {}))
+            if result.get("ok"):
+                entry["last_success"] = run["finished"]
+                entry["last_error"] = None
+                entry["consecutive_failures"] = 0
+            else:
+                entry["last_error"] = result.get("error")
+                entry["last_error_at"] = run["finished"]
+                entry["consecutive_failures"] = int(entry.get("consecutive_failures", 0)) + 1
+            destinations[name] = entry
+        status["last_run"] = run
+        status["destinations"] = destinations
+        if run["outcome"] in ("success", "partial"):
+            status["last_success"] = {"id": run["id"], "finished": run["finished"], "outcome": run["outcome"]}
+            status["consecutive_failures"] = 0
+        else:
+            status["consecutive_failures"] = int(status.get("consecutive_failures", 0)) + 1
+        if next_run is not None:
+            status["next_run"] = iso(next_run)
+        self.append_history({"event": "backup", **run})
+        self.save(status)
+        return status
+
+    def set_next_run(self, next_run: datetime | None) -> None:
+        """Record when the daemon runs next."""
+        status = self.load()
+        status["next_run"] = iso(next_run) if next_run else None
+        self.save(status)
+
+
+def health(status: dict[str, Any], stale_after: timedelta, now: datetime | None = None) -> dict[str, Any]:
+    """Health and age of a status: {'health', 'age_hours', ...} (see module docstring)."""
+    now = now or datetime.now(UTC)
+    last_run = status.get("last_run")
+    last_success = parse_time((status.get("last_success") or {}).get("finished"))
+    age_hours = round((now - last_success).total_seconds() / 3600, 2) if last_success else None
+    if not last_run:
+        state = "never"
+    elif last_run.get("outcome") == "failed" or (status.get("last_drill") or {}).get("outcome") == "failed":
+        state = "failing"
+    elif last_success is None or now - last_success > stale_after:
+        state = "stale"
+    else:
+        state = "healthy"
+    return {"health": state, "age_hours": age_hours}
