@@ -17,7 +17,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from backupd import log  # noqa: E402
 from backupd.localpg import LocalPostgres  # noqa: E402
+
+log.configure("logfmt", -1)
 
 DEMO = REPO / ".demo"
 
