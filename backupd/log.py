@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections import deque
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -32,6 +33,22 @@ def _redact_event(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> 
         elif isinstance(value, BaseException):
             event[key] = redact(str(value))
     return event
+
+
+_TAIL: deque[tuple[str | None, str]] = deque(maxlen=400)
+
+
+def _remember(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Keep the process's recent (already redacted) lines, for alerts that carry a log tail."""
+    line = LogfmtRenderer(journal=False)(_logger, _name, dict(event))
+    _TAIL.append((str(event["run_id"]) if event.get("run_id") else None, line))
+    return event
+
+
+def tail(run_id: str | None = None, lines: int = 60) -> list[str]:
+    """The last `lines` log lines of this process (only those of `run_id` when given), redacted."""
+    chosen = [line for rid, line in list(_TAIL) if run_id is None or rid == run_id]
+    return chosen[-lines:]
 
 
 def _logfmt_value(value: Any) -> str:
@@ -86,6 +103,7 @@ def configure(fmt: str = "auto", verbosity: int = 0, stream: TextIO | None = Non
         processors.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
     processors.append(structlog.processors.format_exc_info)
     processors.append(_redact_event)
+    processors.append(_remember)
     if chosen == "json":
         processors.append(structlog.processors.JSONRenderer())
     elif chosen == "console":
