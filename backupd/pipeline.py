@@ -155,6 +155,7 @@ class ArtifactWriter:
         self._encryption = encryptor.kind if encryptor else "none"
         self._content = content
         sink: Sink = encryptor.wrap(self._file) if encryptor else self._file
+        self._encrypting = sink if encryptor else None
         if compression == "zstd":
             sink = ZstdSink(sink, level)
         elif compression == "gzip":
@@ -181,7 +182,10 @@ class ArtifactWriter:
 
     def abort(self) -> None:
         """Drop the artifact (used when its producer failed)."""
+        stop = getattr(self._encrypting, "abort", None)
         try:
+            if stop is not None:
+                stop()  # an encryption child or thread must not outlive its artifact
             self._file._file.close()
         finally:
             self._file.path.unlink(missing_ok=True)
