@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PREFIX ?= /opt/backupd
 
-.PHONY: demo test test-fast tools venv lint bench-small clean install uninstall
+.PHONY: demo test test-fast tools venv lint docs clean install uninstall
 
 venv: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ test-fast: venv
 
 demo: venv
 	$(BIN)/python scripts/demo.py
+
+# docs/configuration.md is generated from the config models (a test checks it is current)
+docs: venv
+	$(BIN)/python -m backupd.docgen > docs/configuration.md
 
 lint: venv
 	$(BIN)/ruff check backupd tests || true
