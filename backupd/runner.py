@@ -28,7 +28,7 @@ from backupd.destinations import build
 from backupd.destinations.base import Destination, StagedBackup
 from backupd.errors import Abandoned, BackupdError, DestinationError
 from backupd.manifest import Manifest, TableEntry, backup_id, iso, now_utc
-from backupd.notify.dispatch import dispatch_run
+from backupd.notify.dispatch import dispatch_run, run_started
 from backupd.redact import redact
 from backupd.snapshot import Snapshot
 from backupd.sources import ArtifactSink, SourceReport
@@ -139,6 +139,7 @@ class Runner:
             self._clean_staging(staging_root)
             staging.mkdir(parents=True, mode=0o700)
             log.info("backup_started", trigger=trigger, destinations=[d.name for d, _ in destinations])
+            run_started(self.config, identifier)
             self.on_phase("snapshot")
             result.manifest = self._produce(identifier, started, staging)
             result.kind = result.manifest.kind
