@@ -1,0 +1,40 @@
+"""A generic JSON webhook: the event itself (schema `backupd.event/1`), optionally HMAC-signed.
+
+Headers: `X-Backupd-Event` (the event name), `X-Backupd-Signature: sha256=<hex>` when a `secret`
+is set: HMAC-SHA256 of the exact request body with the secret as key (see docs/alerts.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from backupd.notify import Event
+from backupd.notify.http import post
+
+SIGNATURE_HEADER = "X-Backupd-Signature"
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The signature header's value: `sha256=` and the hex HMAC-SHA256 of `body` keyed by `secret`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class WebhookNotifier:
+    """POSTs events as JSON to one URL."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.name = "webhook"
+
+    def send(self, event: Event) -> None:
+        """POST the event; any 2xx is success. Raises DeliveryError or an httpx error otherwise."""
+        body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+        headers = {"Content-Type": "application/json", "X-Backupd-Event": str(event["event"]),
+                   "X-Backupd-Schema": str(event["schema"])}
+        if self.config.secret is not None:
+            headers[SIGNATURE_HEADER] = signature(self.config.secret.get_secret_value(), body)
+        post(self.config.url.get_secret_value(), content=body, headers=headers,
+             timeout=float(self.config.timeout.total_seconds()))
