@@ -186,6 +186,10 @@ class ExportConfig(Section):
     formats: list[Literal["json", "csv", "sqlite"]] = Field(default=["json"], description="export formats")
     incremental: bool = Field(default=False, description="take incrementals between fulls")
     full_every: Duration = Field(default=timedelta(days=7), description="how often a full is taken")
+    safety_margin: Duration = Field(
+        default=timedelta(minutes=5),
+        description="an incremental also re-exports rows changed this long before its since (late commits)",
+    )
 
 
 class PipelineConfig(Section):

@@ -88,6 +88,9 @@ class Manifest(_Frozen):
     kind: Literal["full", "incremental"] = "full"
     base: str | None = None
     since: str | None = None
+    # every change this backup does not hold was made by a transaction that began at or after
+    # `horizon` (the next incremental's `since` is derived from it)
+    horizon: str | None = None
     started_at: str
     finished_at: str
     backupd: str

@@ -100,6 +100,9 @@ class Runner:
         self.status = StatusStore(self.state_dir)
         self.on_phase = on_phase or (lambda phase: None)
         self._snapshot: Snapshot | None = None
+        from backupd.incremental import BackupPlan
+
+        self._plan = BackupPlan("full")
         self._snapshot_lock = threading.Lock()
 
     # -- the run ------------------------------------------------------------------------------
@@ -141,6 +144,7 @@ class Runner:
             log.info("backup_started", trigger=trigger, destinations=[d.name for d, _ in destinations])
             run_started(self.config, identifier)
             self.on_phase("snapshot")
+            self._plan = self._plan_backup(kind, [d for d, _ in destinations])
             result.manifest = self._produce(identifier, started, staging)
             result.kind = result.manifest.kind
             self.on_phase("upload")
@@ -224,7 +228,9 @@ class Runner:
             for report in reports:
                 table_entries.update(report.tables)
             return Manifest(
-                id=identifier, kind="full", started_at=iso(started), finished_at=iso(now_utc()),
+                id=identifier, kind=self._plan.kind, base=self._plan.base, since=self._plan.since_text,
+                horizon=iso(self._plan.horizon) if self._plan.horizon else None,
+                started_at=iso(started), finished_at=iso(now_utc()),
                 backupd=__version__,
                 source={"server_version": snapshot.info.server_version,
                         "server_version_num": snapshot.info.server_version_num,
@@ -248,8 +254,31 @@ class Runner:
 
     def _export_jobs(self, snapshot: Snapshot, sink: ArtifactSink,
                      tables: list[Table]) -> list[Callable[[], SourceReport]]:
+        from backupd.sources.extra_formats import extra_format_jobs
+
+        jobs = extra_format_jobs(self.config.export.formats, self._plan, snapshot, sink, tables)
+        if self._plan.track_keys:
+            from backupd.incremental import KeyStore
+            from backupd.sources.json_incremental import TrackedJsonExportSource
+
+            tracked = TrackedJsonExportSource(tables, self._plan, KeyStore(self.state_dir), sink.folder.name)
+            return [lambda: tracked.produce(snapshot, sink), *jobs]
         exporter = JsonExportSource(tables)
-        return [lambda: exporter.produce(snapshot, sink)]
+        return [lambda: exporter.produce(snapshot, sink), *jobs]
+
+    def _plan_backup(self, kind: str | None, destinations: list[Destination]) -> Any:
+        """Full or incremental (backupd.incremental); the horizon is measured before the snapshot."""
+        import dataclasses
+
+        from backupd.incremental import measure_horizon, plan_backup
+
+        plan = plan_backup(self.config, kind, destinations, now_utc())
+        if plan.track_keys:
+            source = self.config.source
+            plan = dataclasses.replace(
+                plan, horizon=measure_horizon(source.dsn.get_secret_value(), source.connect_timeout))
+        log.info("backup_planned", kind=plan.kind, base=plan.base, since=plan.since_text, reason=plan.reason)
+        return plan
 
     def _encryptor(self) -> Any:
         pipeline = self.config.pipeline

@@ -26,6 +26,9 @@ def handle(args: argparse.Namespace) -> int:
     if args.destination:
         for name in args.destination:
             config.destination(name)
+    from backupd.incremental import check_request
+
+    check_request(config, args.kind)
     result = Runner(config).run(trigger="manual", only=args.destination, kind=args.kind)
     if result.outcome == "failed":
         sys.stderr.write(f"backupd: error: backup {result.id} failed: {result.error}\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import ClassVar, Protocol
 
 import psycopg
@@ -96,6 +97,20 @@ class JsonDocumentWriter:
         """Close the document with `deleted` and `recordCount`."""
         self.out.write(b"\n},\n")
         self.out.write(b'"deleted": ' + json.dumps(deleted or {}, ensure_ascii=False).encode() + b",\n")
+        self.out.write(b'"recordCount": ' + json.dumps(self.counts).encode() + b"}\n")
+
+    def finish_deleted(self, deleted: dict[str, Path]) -> None:
+        """Close the document like `finish`, streaming `deleted` from files of JSON keys (one per
+        line, zstd, as `backupd.incremental.KeyWriter` writes them) instead of memory."""
+        from backupd.incremental import read_keys
+
+        self.out.write(b'\n},\n"deleted": {')
+        for index, (key, path) in enumerate(deleted.items()):
+            self.out.write((b", " if index else b"") + json.dumps(key, ensure_ascii=False).encode() + b": [")
+            for count, line in enumerate(read_keys(path)):
+                self.out.write((b", " if count else b"") + line)
+            self.out.write(b"]")
+        self.out.write(b"},\n")
         self.out.write(b'"recordCount": ' + json.dumps(self.counts).encode() + b"}\n")
 
 
