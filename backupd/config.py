@@ -522,6 +522,15 @@ class Config(Section):
         walk(self)
         return [s for s in found if s]
 
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        if value:
+            from backupd.metrics import parse_listen
+
+            parse_listen(value)  # raises ValueError unless a loopback host:port
+        return value
+
 
 def _dsn_password(dsn: str) -> list[str]:
     if "://" in dsn:

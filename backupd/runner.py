@@ -188,6 +188,13 @@ class Runner:
             if result.outcome != "failed":
                 result.outcome = "failed"
                 result.error = str(exc)
+        if status:
+            from backupd.metrics import write_metrics
+
+            try:  # the Prometheus text file follows every run; it never fails one
+                write_metrics(self.state_dir, self.config.state.stale_after, status)
+            except BackupdError as exc:
+                log.warning("metrics_write_failed", error=str(exc))
         dispatch_run(self.config, result, status)
 
     def _clean_staging(self, staging_root: Path) -> None:

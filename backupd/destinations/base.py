@@ -111,10 +111,13 @@ class ObjectStoreDestination:
                 path = backup.folder / entry.name
                 with open(path, "rb") as data:
                     key = self._key(backup.id, entry.name)
-                    self.objects.put(key, data, entry.bytes)
+                    # listed before the put: an upload cut short (a signal) is cleaned up too
                     written.append(key)
+                    self.objects.put(key, data, entry.bytes)
             manifest = backup.manifest.to_json()
-            self.objects.put(self._key(backup.id, MANIFEST_NAME), io.BytesIO(manifest), len(manifest))
+            manifest_key = self._key(backup.id, MANIFEST_NAME)
+            written.insert(0, manifest_key)  # deleted first if anything below is interrupted
+            self.objects.put(manifest_key, io.BytesIO(manifest), len(manifest))
         except BaseException:
             # Nothing half-published may stay: the folder has no manifest, remove what we wrote.
             try:

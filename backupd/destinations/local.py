@@ -56,6 +56,9 @@ class LocalStore:
         except OSError as exc:
             temp.unlink(missing_ok=True)
             raise _error("write", path, exc) from None
+        except BaseException:
+            temp.unlink(missing_ok=True)  # abandoned by a signal: no temp file stays behind
+            raise
 
     def get(self, key: str) -> BinaryIO:
         path = self._path(key)
