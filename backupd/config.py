@@ -450,6 +450,15 @@ class HttpConfig(Section):
 
     listen: str = Field(default="", description="host:port to serve /healthz /status /metrics (empty: off)")
 
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        if value:
+            from backupd.metrics import parse_listen
+
+            parse_listen(value)  # raises ValueError unless a loopback host:port
+        return value
+
 
 class AuditConfig(Section):
     """[audit]: optional audit rows in the source database."""
@@ -521,15 +530,6 @@ class Config(Section):
 
         walk(self)
         return [s for s in found if s]
-
-    @field_validator("listen")
-    @classmethod
-    def _loopback(cls, value: str) -> str:
-        if value:
-            from backupd.metrics import parse_listen
-
-            parse_listen(value)  # raises ValueError unless a loopback host:port
-        return value
 
 
 def _dsn_password(dsn: str) -> list[str]:
