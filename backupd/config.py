@@ -136,6 +136,42 @@ def _read_secret_file(path: Path, key: str) -> str:
     return text[:-1] if text.endswith("\n") else text
 
 
+class StorageSourceConfig(Section):
+    """[[source.storage]]: files in Supabase Storage buckets, backed up beside the database."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("service_role_key",)
+    url: str = Field(description="project URL, https://<ref>.supabase.co (Storage lives at <url>/storage/v1)")
+    service_role_key: SecretStr = Field(description="service role key (reads every bucket)")
+    buckets: list[str] = Field(default=[], description="buckets to back up (empty: every bucket)")
+    timeout: Duration = Field(default=timedelta(minutes=5), description="bound on one request")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("expected an http(s):// URL")
+        return value.rstrip("/")
+
+
+SUPABASE_HOST_SUFFIXES = (".supabase.co", ".pooler.supabase.com")
+
+
+def _default_sslmode(dsn: str) -> str:
+    """`sslmode=require` added to a DSN for a Supabase host that does not set sslmode itself."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001 - an unparsable DSN is reported when connecting
+        return dsn
+    hosts = str(params.get("host") or "").split(",")
+    if "sslmode" in params or not any(h.strip().lower().endswith(SUPABASE_HOST_SUFFIXES) for h in hosts):
+        return dsn
+    if "://" in dsn:
+        return dsn + ("&" if "?" in dsn else "?") + "sslmode=require"
+    return dsn + " sslmode=require"
+
+
 class SourceConfig(Section):
     """[source]: the database to protect."""
 
@@ -148,6 +184,7 @@ class SourceConfig(Section):
         default={}, description="per table, columns that never leave the database"
     )
     connect_timeout: Duration = Field(default=timedelta(seconds=15), description="how long to wait for a connection")
+    storage: list[StorageSourceConfig] = Field(default=[], description="Supabase Storage buckets to back up")
 
     @field_validator("dsn")
     @classmethod
@@ -168,7 +205,8 @@ class SourceConfig(Section):
                     "port 6543 is Supabase's transaction pooler, which cannot hold a snapshot: "
                     "use the session pooler or the direct connection on port 5432"
                 )
-        return value
+        with_ssl = _default_sslmode(dsn)
+        return SecretStr(with_ssl) if with_ssl != dsn else value
 
 
 class DumpConfig(Section):
@@ -177,6 +215,12 @@ class DumpConfig(Section):
     enabled: bool = Field(default=True, description="write schema.sql and data.sql")
     tool: Literal["pg_dump", "supabase"] = Field(default="pg_dump", description="what produces the SQL dump")
     pg_dump: str = Field(default="", description="path to pg_dump; empty: one whose major >= the server's")
+    supabase_cli: str = Field(
+        default="", description="tool = supabase: the Supabase CLI; empty: <state.dir>/supabase-cli, then PATH"
+    )
+    schemas: list[str] = Field(
+        default=[], description="tool = supabase: schemas to dump; empty: every schema Supabase does not manage"
+    )
 
 
 class ExportConfig(Section):
@@ -285,6 +329,9 @@ class DestinationBase(Section):
     name: str = Field(default="", description="unique name (default: the type)")
     retention: Retention = Field(default_factory=Retention, description="what to keep")
     timeout: Duration = Field(default=timedelta(minutes=30), description="bound on one upload")
+    retries: int = Field(default=3, ge=0, le=10, description="retries of a transient failure (5xx, timeout, reset)")
+    retry_backoff: Duration = Field(default=timedelta(seconds=2),
+                                    description="first retry delay; each next one 4x longer, capped at 5min")
 
     @field_validator("name")
     @classmethod
@@ -501,6 +548,21 @@ class Config(Section):
             seen.add(destination.name)
         if not (self.dump.enabled or self.export.enabled):
             raise ValueError("@dump.enabled@ dump and export are both disabled: nothing would be backed up")
+        return self
+
+    @model_validator(mode="after")
+    def _git_needs_plain_fulls(self) -> Config:
+        # git's point is plain, diffable text: encrypted bytes never delta, and an incremental's
+        # partial tables would read as mass deletions in `git log -p`
+        for index, destination in enumerate(self.destinations):
+            if destination.type != "git":
+                continue
+            if self.pipeline.encrypt_to or self.pipeline.age_recipients:
+                raise ValueError(f"@destinations[{index}].type@ a git destination keeps plain text: it cannot "
+                                 "be combined with pipeline encryption (use a separate config for git)")
+            if self.export.incremental:
+                raise ValueError(f"@destinations[{index}].type@ a git destination keeps full backups only: "
+                                 "set export.incremental = false (git's deltas already store only changes)")
         return self
 
     def destination(self, name: str) -> DestinationConfig:

@@ -195,7 +195,20 @@ class Runner:
                 write_metrics(self.state_dir, self.config.state.stale_after, status)
             except BackupdError as exc:
                 log.warning("metrics_write_failed", error=str(exc))
+        self._audit(result)
         dispatch_run(self.config, result, status)
+
+    def _audit(self, result: RunResult) -> None:
+        """The audit row (after the snapshot closed, so it is never inside the backup it describes)."""
+        from backupd import audit
+
+        record = result.record()
+        audit.record(
+            self.config, "backup", outcome=result.outcome, trigger=result.trigger, backup_id=result.id,
+            counts={"rows": record["rows"], "bytes": record["bytes"], "tables": len(record["tables"])},
+            duration_seconds=result.duration_seconds, error=result.error,
+            detail={"kind": record["kind"], "destinations": record["destinations"]},
+        )
 
     def _clean_staging(self, staging_root: Path) -> None:
         if staging_root.exists():
@@ -257,6 +270,10 @@ class Runner:
             snapshot.close()
 
     def _dump_source(self, tables: list[Table]) -> PgDumpSource:
+        if self.config.dump.tool == "supabase":
+            from backupd.sources.supabase_cli import SupabaseCliSource
+
+            return SupabaseCliSource(self.config.source, self.config.dump, tables, self.state_dir)
         return PgDumpSource(self.config.source, self.config.dump, tables)
 
     def _export_jobs(self, snapshot: Snapshot, sink: ArtifactSink,
@@ -340,7 +357,7 @@ class Runner:
                     destination.sweep(keep=None)
                 except BackupdError as exc:
                     log.warning("sweep_failed", error=str(exc))
-                self._store_with_retry(destination, staged)
+                self._store_with_retry(destination, staged, config)
                 result.destinations[destination.name] = {
                     "ok": True, "error": None, "seconds": round(time.monotonic() - began, 3)}
                 log.info("destination_stored", seconds=round(time.monotonic() - began, 3))
@@ -357,8 +374,15 @@ class Runner:
             finally:
                 structlog.contextvars.unbind_contextvars("destination")
 
-    def _store_with_retry(self, destination: Destination, staged: StagedBackup) -> None:
-        for attempt, delay in enumerate((*RETRY_DELAYS, None)):
+    def _store_with_retry(self, destination: Destination, staged: StagedBackup,
+                          config: DestinationConfig | None = None) -> None:
+        """Store, retrying transient DestinationErrors with capped exponential backoff."""
+        if config is not None:
+            first = config.retry_backoff.total_seconds()
+            delays: tuple[float, ...] = tuple(min(300.0, first * 4 ** n) for n in range(config.retries))
+        else:
+            delays = RETRY_DELAYS
+        for attempt, delay in enumerate((*delays, None)):
             try:
                 destination.store(staged)
                 return
