@@ -1,13 +1,15 @@
 """status.json (replaced atomically after every run), history.jsonl (one line per run), health.
 
-Health: `never` (no run yet), `failing` (the latest run failed, or the latest drill failed),
-`stale` (last success older than stale_after), else `healthy`.
+Health: `never` (no run yet), `failing` (the latest run failed, or the latest drill at any
+destination failed), `stale` (last success older than stale_after), else `healthy`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -95,8 +97,45 @@ class StatusStore:
         except OSError as exc:
             raise StorageFull(f"cannot append to {self.history_path}: {exc.strerror or exc}") from None
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold `<state.dir>/status.lock` around a read-modify-write of the state files (a backup
+        and a verification may finish at the same moment)."""
+        from backupd.lock import RunLock
+
+        lock = RunLock(self.dir, "status.lock")
+        lock.acquire(wait=True)
+        try:
+            yield
+        finally:
+            lock.release()
+
     def record_run(self, run: dict[str, Any], next_run: datetime | None = None) -> dict[str, Any]:
         """Fold one finished run into status.json and history.jsonl; returns the new status."""
+        with self.locked():
+            return self._record_run(run, next_run)
+
+    def record_drill(self, drill: dict[str, Any], destinations: list[str]) -> dict[str, Any]:
+        """Fold one verification (`backupd verify`, a restore drill) into status.json (`last_drill`,
+        `drills` per destination, for the configured `destinations`) and history.jsonl."""
+        with self.locked():
+            status = self.load()
+            drills = {k: v for k, v in (status.get("drills") or {}).items() if k in destinations}
+            drills[drill["destination"]] = drill
+            status["drills"] = drills
+            status["last_drill"] = drill
+            self.append_history({"event": "verify", **drill})
+            self.save(status)
+            return status
+
+    def mark_scheduled_drill(self, at: datetime) -> None:
+        """Remember when the daemon last ran its scheduled drills (`[verify] schedule`)."""
+        with self.locked():
+            status = self.load()
+            status["last_scheduled_drill"] = {"finished": iso(at)}
+            self.save(status)
+
+    def _record_run(self, run: dict[str, Any], next_run: datetime | None = None) -> dict[str, Any]:
         status = self.load()
         destinations: dict[str, Any] = dict(status.get("destinations", {}))
         for name, result in run.get("destinations", {}).items():
@@ -138,7 +177,8 @@ def health(status: dict[str, Any], stale_after: timedelta, now: datetime | None 
     age_hours = round((now - last_success).total_seconds() / 3600, 2) if last_success else None
     if not last_run:
         state = "never"
-    elif last_run.get("outcome") == "failed" or (status.get("last_drill") or {}).get("outcome") == "failed":
+    elif last_run.get("outcome") == "failed" or (status.get("last_drill") or {}).get("outcome") == "failed" \
+            or any((d or {}).get("outcome") == "failed" for d in (status.get("drills") or {}).values()):
         state = "failing"
     elif last_success is None or now - last_success > stale_after:
         state = "stale"

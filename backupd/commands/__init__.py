@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from backupd.commands import backup, check_config, list_backups, prune, run, status
+from backupd.commands import backup, check_config, list_backups, prune, run, status, verify
 
-COMMANDS: list[ModuleType] = [run, backup, status, list_backups, prune, check_config]
+COMMANDS: list[ModuleType] = [run, backup, status, list_backups, prune, check_config, verify]

