@@ -191,11 +191,22 @@ def kill_gpg_agent(home: Path | None) -> None:
 
 
 def _agent_running(home: Path | None) -> bool:
-    argv = ["gpg-connect-agent"] + (["--homedir", str(home)] if home is not None else [])
+    """Whether a gpg-agent answers on `home`'s socket (gpg-connect-agent exits 0 either way)."""
+    import socket
+
+    argv = [GPGCONF] + (["--homedir", str(home)] if home is not None else []) + ["--list-dirs", "agent-socket"]
     try:
-        proc.run([*argv, "--no-autostart", "/bye"], timeout=30)
+        path = proc.run(argv, timeout=30).decode("utf-8", "replace").strip()
     except CommandError:
         return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(5)
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
     return True
 
 
@@ -627,25 +638,33 @@ class GpgDecryptor:
 
         feeder = threading.Thread(target=feed, name="gpg-decrypt-feed", daemon=True)
         feeder.start()
-        state = {"finished": False}
+        state = {"finished": False, "released": False}
+
+        def release() -> None:
+            # at end of stream already: a caller that never closes the stream leaves no agent behind
+            if not state["released"]:
+                state["released"] = True
+                self._stream_closed()
 
         def finish() -> None:
             feeder.join()
-            if capture.error is not None:
-                raise capture.error
             try:
-                process.finish(timeout=120)
-            except CommandError as exc:
-                raise self._refusal(exc, recipients) from None
+                if capture.error is not None:
+                    raise capture.error
+                try:
+                    process.finish(timeout=120)
+                except CommandError as exc:
+                    raise self._refusal(exc, recipients) from None
             finally:
                 state["finished"] = True
+                release()
 
         def cleanup() -> None:
             if not state["finished"]:
                 process.kill()
                 feeder.join(timeout=10)
             stack.close()
-            self._stream_closed()
+            release()
 
         reader = _PlaintextReader(process.stdout, finish, cleanup)  # type: ignore[arg-type]
         try:
