@@ -131,6 +131,8 @@ class Daemon:
         self._last_health: str | None = None
         self._wake_read, self._wake_write = socket.socketpair()
         self._done = threading.Event()
+        self._stop_lock = threading.Lock()  # never taken by a signal handler
+        self._stop_announced = False
 
     # -- signals (handlers only set flags; the one exception is Abandoned, raised once) ----------
 
@@ -195,6 +197,7 @@ class Daemon:
                 self._loop()
             except Abandoned as exc:
                 log.warning("backup_abandoned_on_stop", reason=str(exc))
+            self._announce_stop()
             return 0
         finally:
             self._done.set()
@@ -234,14 +237,22 @@ class Daemon:
         limit = max(10.0, 2 * (self.notifier.watchdog_usec or 0) / 1e6)
         return self._in_run or time.monotonic() - self._heartbeat < limit
 
+    def _announce_stop(self) -> None:
+        """Log the stop and send STOPPING=1, once (from the supervisor or the main thread)."""
+        with self._stop_lock:
+            if self._stop_announced:
+                return
+            self._stop_announced = True
+        log.info("daemon_stopping", signal=self._stop_signal, abandoning_run=self._in_run)
+        self.notifier.stopping()
+
     def _supervise(self) -> None:
         """A stop request seen from outside the main thread: STOPPING=1, children terminated at
         once, and a forced exit if the clean stop overruns its deadline."""
         while not self._done.wait(0.1):
             if self._stop_signal is None:
                 continue
-            log.info("daemon_stopping", signal=self._stop_signal, abandoning_run=self._in_run)
-            self.notifier.stopping()
+            self._announce_stop()
             runner = self._runner
             if runner is not None:
                 runner.abort_producers()
