@@ -242,6 +242,11 @@ class Runner:
                 jobs.append(lambda: dump.produce(snapshot, sink))
             if self.config.export.enabled:
                 jobs.extend(self._export_jobs(snapshot, sink, tables))
+            if source.storage:
+                from backupd.storage_objects import StorageObjectsSource
+
+                storage = StorageObjectsSource(list(source.storage))
+                jobs.append(lambda: storage.produce(snapshot, sink))
             reports = self._run_side_by_side(jobs, snapshot)
             artifacts = [a for r in reports for a in r.artifacts]
             table_entries: dict[str, TableEntry] = {}
@@ -362,6 +367,13 @@ class Runner:
                     "ok": True, "error": None, "seconds": round(time.monotonic() - began, 3)}
                 log.info("destination_stored", seconds=round(time.monotonic() - began, 3))
                 self._apply_retention(destination, config)
+                if self.config.source.storage:
+                    from backupd.storage_objects import prune_unreferenced
+
+                    try:
+                        prune_unreferenced(destination)
+                    except BackupdError as exc:
+                        log.warning("storage_prune_failed", error=str(exc))
             except Abandoned:
                 raise
             except BackupdError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from backupd.commands import backup, check_config, list_backups, prune, run, status, verify
+from backupd.commands import backup, check_config, list_backups, prune, restore_storage, run, status, verify
 
-COMMANDS: list[ModuleType] = [run, backup, status, list_backups, prune, check_config, verify]
+COMMANDS: list[ModuleType] = [run, backup, status, list_backups, prune, check_config, verify,
+                            restore_storage]

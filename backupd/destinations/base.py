@@ -107,6 +107,9 @@ class ObjectStoreDestination:
     def store(self, backup: StagedBackup) -> None:
         written: list[str] = []
         try:
+            from backupd.storage_objects import publish_objects
+
+            publish_objects(self, backup.folder)  # content-addressed, outside the backup folder
             for entry in backup.manifest.artifacts:
                 path = backup.folder / entry.name
                 with open(path, "rb") as data:
