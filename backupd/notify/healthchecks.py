@@ -54,5 +54,5 @@ class HealthchecksNotifier:
         lines = [event["text"]]
         tail = backupd_log.tail(run_id) if run_id else []
         if tail:
-            lines += ["", "--- log tail ---", *tail]
+            lines += ["", "--- log tail ---", *(line if len(line) <= 2000 else line[:2000] + "..." for line in tail)]
         self._ping(suffix, "\n".join(lines) + "\n", run_id if suffix != "/log" else None)
