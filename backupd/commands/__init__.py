@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from backupd.commands import backup, check_config, list_backups, prune, restore_storage, run, status, verify
+from backupd.commands import (
+    backup, check_config, diff, export, list_backups, prune, restore_storage, run, status, verify,
+)
 
 COMMANDS: list[ModuleType] = [run, backup, status, list_backups, prune, check_config, verify,
-                            restore_storage]
+                            restore_storage, diff, export]
