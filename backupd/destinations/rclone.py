@@ -159,19 +159,17 @@ class RcloneStore:
 
     def get(self, key: str) -> BinaryIO:
         where = self._path(key)
+        # `rclone cat` of a missing object on a bucket-based remote prints nothing and exits 0
+        name = key.rsplit("/", 1)[-1]
+        if not any(info.key == name for info in self._lsjson(key, recursive=False)):
+            raise NotFound(f"{where}: not found")
         stack = ExitStack()
         try:
             process = stack.enter_context(proc.spawn(self._argv("cat", where), relay=_relay))
         except CommandError as exc:
             stack.close()
             raise _error(exc, "cat", where) from None
-        # rclone prints nothing for a missing object before it exits: peek so NotFound is immediate
         reader = io.BufferedReader(_ProcessReader(stack, process, where, self.timeout), _COPY_BUFFER)
-        try:
-            reader.peek(1)
-        except BaseException:
-            reader.close()
-            raise
         return reader  # type: ignore[return-value]
 
     def _lsjson(self, key: str, recursive: bool) -> list[ObjectInfo]:
