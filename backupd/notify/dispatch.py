@@ -250,8 +250,7 @@ def run_started(config: Config, run_id: str) -> None:
             key = notifier_key(index, notifier_config)
             notifier = _build(key, notifier_config)
             if isinstance(notifier, RunMonitor):
-                monitor = notifier
-                _call(key, notifier_config, "start", lambda: monitor.run_started(run_id))
+                _call(key, notifier_config, "start", lambda m=notifier: m.run_started(run_id))
     except Exception as exc:  # noqa: BLE001 - alerting never fails a backup
         log.error("notify_failed", error=redact(_describe(exc)))
 
@@ -293,9 +292,9 @@ def _check_stale(config: Config, status: dict[str, Any], now: datetime) -> None:
             key = notifier_key(index, notifier_config)
             last = state.sent(key, "stale")
             last_at = parse_time(last.get("at"))
-            if last.get("episode") == episode and last_at is not None:
-                if last.get("ok") or now - last_at < STALE_RETRY_AFTER:
-                    continue
+            if last.get("episode") == episode and last_at is not None and (
+                    last.get("ok") or now - last_at < STALE_RETRY_AFTER):
+                continue
             notifier = _build(key, notifier_config)
             if notifier is None:
                 continue

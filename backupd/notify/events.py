@@ -53,7 +53,7 @@ def human_seconds(seconds: float) -> str:
     """12.34 -> '12.3 s', 125 -> '2 min 5 s', 7260 -> '2 h 1 min'."""
     if seconds < 60:
         return f"{seconds:.1f} s"
-    whole = int(round(seconds))
+    whole = round(seconds)
     if whole < 3600:
         return f"{whole // 60} min {whole % 60} s"
     return f"{whole // 3600} h {whole % 3600 // 60} min"
@@ -105,8 +105,9 @@ def complete_event(raw: dict[str, Any]) -> Event:
     name = str(raw["event"])
     details = dict(raw.get("details") or {})
     details.update({k: v for k, v in raw.items() if k not in _TOP_LEVEL})
-    status = {k: raw[k] for k in ("next_run", "last_success", "consecutive_failures") if k in raw}
-    event = build_event(name, run=raw.get("run"), status=status, summary=raw.get("summary"), details=details)
+    status: dict[str, Any] = {k: raw[k] for k in ("next_run", "last_success", "consecutive_failures") if k in raw}
+    summary = str(raw["summary"]) if raw.get("summary") else None
+    event = build_event(name, run=raw.get("run"), status=status, summary=summary, details=details)
     if raw.get("title"):
         event["title"] = str(redact_obj(str(raw["title"])))
         event["text"] = render_text(event)
@@ -138,7 +139,7 @@ def _summary(event: Event) -> str:
     for key in ("message", "error"):
         if details.get(key):
             return str(details[key])
-    return HEADLINES.get(name, name)
+    return str(HEADLINES.get(name, name))
 
 
 def run_lines(run: dict[str, Any]) -> list[str]:

@@ -97,5 +97,5 @@ class TelegramNotifier:
             await request.shutdown()
 
 
-def _seconds(value: int | float | timedelta) -> float:
+def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)

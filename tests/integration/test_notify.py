@@ -69,7 +69,7 @@ class StandIn:
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 parts = urlsplit(self.path)
                 captured = Captured("POST", parts.path, parse_qs(parts.query),
@@ -94,7 +94,7 @@ class StandIn:
                 except OSError:
                     pass  # the client gave up (a timeout test)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's naming
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
