@@ -15,8 +15,36 @@ def _local(config: Any) -> Destination:
     return LocalDestination(config)
 
 
+def _s3(config: Any) -> Destination:
+    from backupd.destinations.s3 import S3Destination
+
+    return S3Destination(config)
+
+
+def _supabase(config: Any) -> Destination:
+    from backupd.destinations.supabase_storage import SupabaseDestination
+
+    return SupabaseDestination(config)
+
+
+def _rclone(config: Any) -> Destination:
+    from backupd.destinations.rclone import RcloneDestination
+
+    return RcloneDestination(config)
+
+
+def _git(config: Any) -> Destination:
+    from backupd.destinations.git import GitDestination
+
+    return GitDestination(config)
+
+
 DESTINATION_TYPES: dict[str, Callable[[Any], Destination]] = {
     "local": _local,
+    "s3": _s3,
+    "supabase": _supabase,
+    "rclone": _rclone,
+    "git": _git,
 }
 
 

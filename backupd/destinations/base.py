@@ -91,6 +91,11 @@ class Destination(Protocol):
         """The manifest of one backup; raises NotFound or IntegrityError."""
         ...
 
+    def probe(self) -> str:
+        """Write, read back and delete a probe (for `backupd doctor`); returns a detail line.
+        Raises DestinationError."""
+        ...
+
 
 class ObjectStoreDestination:
     """A Destination over any ObjectStore: `<prefix>/<id>/<artifact>`."""
@@ -164,6 +169,26 @@ class ObjectStoreDestination:
         if manifest_key in keys:
             self.objects.delete([manifest_key])
         self.objects.delete([k for k in keys if k != manifest_key])
+
+    def probe(self) -> str:
+        """Write, read back and delete a small probe object; returns a detail line.
+
+        Its key is not a backup id, so `backups()` and `sweep()` never see it.
+        """
+        import os
+        import secrets
+
+        key = self._key(f".backupd-probe-{os.getpid()}-{secrets.token_hex(4)}")
+        payload = b"backupd probe\n"
+        self.objects.put(key, io.BytesIO(payload), len(payload))
+        try:
+            with self.objects.get(key) as stream:
+                back = stream.read(1024)
+            if back != payload:
+                raise DestinationError(f"{self.name}: the probe object read back differs from what was written")
+        finally:
+            self.objects.delete([key])
+        return f"wrote, read back and deleted {key}"
 
     def sweep(self, keep: str | None = None) -> list[str]:
         removed = []
