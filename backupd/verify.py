@@ -533,7 +533,8 @@ def scratch_server(config: Config, manifest: Manifest) -> Iterator[ScratchServer
             f"the restore test needs a PostgreSQL server >= {source_major} (the backup's source is "
             f"{manifest.source.server_version}); this machine has {found.version} at {local.bin_dir}",
             f"install postgresql-{source_major} or set [verify] scratch_dsn")
-    log.info("scratch_server_starting", postgres=found.version, bin_dir=str(local.bin_dir))
+    log.info("scratch_server_starting", postgres=found.version, bin_dir=str(local.bin_dir),
+             folder=str(local.base_dir))
     local.start()
     try:
         server = ScratchServer(local.dsn(), str(local.bin_dir / "psql"),
@@ -545,7 +546,7 @@ def scratch_server(config: Config, manifest: Manifest) -> Iterator[ScratchServer
             server.drop_all()
     finally:
         local.stop()
-        log.info("scratch_server_stopped")
+        log.info("scratch_server_stopped", folder=str(local.base_dir))
 
 
 # -- restoring --------------------------------------------------------------------------------------
