@@ -125,3 +125,81 @@ def test_lost_state_dir_means_a_full(make_config, tmp_path):
     backup(config)
     shutil.rmtree(tmp_path / "state" / "keys")
     assert backup(config)["kind"] == "full"
+
+
+def empty_schema(pg) -> str:
+    """A new database holding the Jarvis schema and no rows."""
+    import subprocess
+
+    from tests.conftest import SCHEMA_SQL
+
+    dsn = pg.fresh_db("inc_target", template=None)
+    loaded = subprocess.run([str(pg.server.bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", dsn,
+                             "-f", str(SCHEMA_SQL)], capture_output=True, text=True)
+    assert loaded.returncode == 0, loaded.stderr
+    return dsn
+
+
+def restore_into(config: Path, backup_id: str, target: str) -> None:
+    result = run_cli("--config", str(config), "restore", backup_id, "--target", target)
+    assert result.returncode == 0, result.stderr
+
+
+def test_restoring_an_incremental_restores_its_chain_to_the_source_state(make_config, source_dsn, pg):
+    config = make_config(export={"incremental": True})
+    full = backup(config)
+    make_changes(source_dsn)
+    inc = backup(config)
+    assert inc["base"] == full["id"]
+    expected = table_checksums(source_dsn, manifest_tables(config, full["id"]))
+    target = empty_schema(pg)
+    restore_into(config, inc["id"], target)
+    assert table_checksums(target, manifest_tables(config, full["id"])) == expected
+
+
+def test_chain_of_five_incrementals_restores_each_state(make_config, source_dsn, pg):
+    config = make_config(export={"incremental": True})
+    full = backup(config)
+    states = []
+    for step in range(5):
+        with psycopg.connect(source_dsn) as conn:
+            conn.execute("DELETE FROM tasks WHERE id IN (SELECT id FROM tasks t WHERE NOT EXISTS "
+                         "(SELECT 1 FROM tasks s WHERE s.parent_task_id = t.id) ORDER BY id OFFSET %s LIMIT 3)",
+                         (step * 7,))
+            conn.execute("UPDATE tasks SET priority = 'urgent', title = title || %s "
+                         "WHERE id IN (SELECT id FROM tasks ORDER BY id DESC OFFSET %s LIMIT 5)", (f" #{step}", step))
+            conn.execute("DELETE FROM task_labels WHERE (task_id, label_id) IN "
+                         "(SELECT task_id, label_id FROM task_labels ORDER BY 2, 1 LIMIT 2)")
+            conn.execute("INSERT INTO labels (name) VALUES (%s)", (f"label of step {step}",))
+            conn.execute("UPDATE labels SET name = name || '!' WHERE id = (SELECT id FROM labels ORDER BY id LIMIT 1)")
+            conn.commit()
+        inc = backup(config)
+        assert inc["kind"] == "incremental" and inc["base"] == full["id"]
+        states.append((inc["id"], table_checksums(source_dsn, manifest_tables(config, full["id"]))))
+    for backup_id, expected in (states[1], states[4]):
+        target = empty_schema(pg)
+        restore_into(config, backup_id, target)
+        assert table_checksums(target, manifest_tables(config, full["id"])) == expected, backup_id
+
+
+def test_retention_keeps_the_chain_of_a_kept_incremental(make_config, tmp_path):
+    config = make_config(export={"incremental": True},
+                         destinations=[{"name": "local", "type": "local", "path": str(tmp_path / "backups"),
+                                        "retention": {"keep_last": 1}}])
+    full = backup(config)
+    first = backup(config)
+    second = backup(config)
+    ids = [b["id"] for b in json.loads(run_cli("--config", str(config), "list", "--json").stdout)]
+    assert ids == [full["id"], first["id"], second["id"]]  # keep_last 1, yet the chain stays
+    prune = run_cli("--config", str(config), "prune")
+    assert prune.returncode == 0 and "base of" in prune.stdout
+    new_full = backup(config, "--full")
+    ids = [b["id"] for b in json.loads(run_cli("--config", str(config), "list", "--json").stdout)]
+    assert ids == [new_full["id"]]  # the old chain is no longer needed by a kept backup
+
+
+def manifest_tables(config: Path, backup_id: str) -> dict[str, Any]:
+    import tomllib
+
+    root = Path(tomllib.loads(config.read_text())["destinations"][0]["path"])
+    return manifest(root / backup_id)["tables"]
