@@ -133,6 +133,8 @@ class Daemon:
         self._done = threading.Event()
         self._stop_lock = threading.Lock()  # never taken by a signal handler
         self._stop_announced = False
+        self._backup_requested = threading.Event()  # /backup from Telegram, served by the main loop
+        self._commands: list[Any] = []
 
     # -- signals (handlers only set flags; the one exception is Abandoned, raised once) ----------
 
@@ -180,6 +182,7 @@ class Daemon:
         watchdog: WatchdogThread | None = None
         try:
             self._start_http()
+            self._start_commands()
             self._install_signals()
             supervisor.start()
             if self.notifier.watchdog_usec:
@@ -201,6 +204,8 @@ class Daemon:
             return 0
         finally:
             self._done.set()
+            for commands in self._commands:
+                commands.stop()
             if watchdog:
                 watchdog.stop()
             if self.http:
@@ -219,6 +224,10 @@ class Daemon:
             planned = self.scheduler.next_run
             self.scheduler.run_pending()
             if self.scheduler.next_run != planned:
+                self._after_run()
+            if self._backup_requested.is_set():
+                self.run_backup("telegram")
+                self._backup_requested.clear()
                 self._after_run()
             if time.monotonic() - last_housekeeping >= HOUSEKEEPING_SECONDS:
                 last_housekeeping = time.monotonic()
@@ -383,6 +392,32 @@ class Daemon:
             check(config, status)
         except Exception as exc:  # noqa: BLE001 - alerting never stops the daemon
             log.error("stale_check_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _start_commands(self) -> None:
+        """Telegram `commands = true`: answer /status and /backup from the configured chat only."""
+        for notifier_config in self.config.notifiers:
+            if notifier_config.type != "telegram" or not notifier_config.commands:
+                continue
+            from backupd.notify.telegram_commands import TelegramCommands, status_message
+
+            def status_text() -> str:
+                status = StatusStore(self.config.state.dir).load()
+                return status_message(status, self.config.state.stale_after, self._next_run_text())
+
+            commands = TelegramCommands(notifier_config, status_text, self.request_backup)
+            commands.start()
+            self._commands.append(commands)
+
+    def request_backup(self) -> bool:
+        """Ask the main loop for one backup now (thread-safe); False when one runs or is queued."""
+        if self._in_run or self._backup_requested.is_set():
+            return False
+        self._backup_requested.set()
+        try:
+            self._wake_write.send(b"\0")
+        except OSError:
+            pass  # the loop notices within a tick anyway
+        return True
 
     def _start_http(self) -> None:
         listen = self.config.http.listen

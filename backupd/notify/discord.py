@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from backupd.notify import Event
-from backupd.notify.events import ICONS, detail_lines, human_bytes, human_seconds, table_summary
+from backupd.notify.events import detail_lines, human_bytes, human_seconds, icon, table_summary
 from backupd.notify.http import post
 
 COLOURS: dict[str, int] = {
@@ -52,7 +52,7 @@ def build_embed(event: Event) -> dict[str, Any]:
     fields.append({"name": "Next run", "value": str(event.get("next_run") or "not scheduled"), "inline": True})
     fields.append({"name": "Host", "value": str(event["host"]), "inline": True})
     return {
-        "title": _clip(f"{ICONS.get(event['event'], '')} {event['title']}".strip(), 256),
+        "title": _clip(f"{icon(event)} {event['title']}".strip(), 256),
         "description": _clip("\n".join(description), 4096),
         "color": COLOURS.get(event["event"], 0x95A5A6),
         "fields": fields[:25],

@@ -38,6 +38,11 @@ ICONS: dict[str, str] = {
     "stale": "\u23f0", "restore": "\u267b\ufe0f", "verify_failed": "\u274c", "test": "\U0001f514",
 }
 
+def icon(event: Event) -> str:
+    """The emoji that leads a message: by event, a cross for anything of severity error."""
+    return "\u274c" if event.get("severity") == "error" else ICONS.get(str(event["event"]), "")
+
+
 _TOP_LEVEL = {"schema", "event", "severity", "at", "host", "title", "summary", "text", "run",
               "next_run", "last_success", "consecutive_failures", "details"}
 
@@ -90,6 +95,9 @@ def build_event(name: str, *, run: dict[str, Any] | None = None, status: dict[st
         "consecutive_failures": int(status.get("consecutive_failures") or 0),
         "details": dict(details or {}),
     }
+    if name == "restore" and event["details"].get("outcome") == "failed":
+        event["severity"] = "error"
+        event["title"] = f"backupd on {host}: restore FAILED"
     event["summary"] = summary or _summary(event)
     event["text"] = render_text(event)
     redacted = redact_obj(event)
@@ -136,6 +144,13 @@ def _summary(event: Event) -> str:
         return f"no successful backup for {age} h (last success: {since}; stale after {details.get('stale_after')})"
     if name == "test":
         return "test message from backupd: this notifier works"
+    if name == "restore":
+        what = details.get("source") or details.get("backup_id") or details.get("backup") or "a backup"
+        text = f"restore of {what}"
+        if details.get("strategy"):
+            text += f" ({details['strategy']}{', dry run' if details.get('dry_run') else ''})"
+        text += f" {details.get('outcome') or 'ran'}"
+        return text + (f": {details['error']}" if details.get("error") else "")
     for key in ("message", "error"):
         if details.get(key):
             return str(details[key])
@@ -186,13 +201,14 @@ def detail_lines(event: Event) -> list[str]:
             value = ", ".join(f"{k} {v}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(str(v) for v in value)
-        lines.append(f"{label}: {value}")
+        line = f"{label}: {value}"
+        lines.append(line if len(line) <= 300 else line[:299] + "\u2026")
     return lines
 
 
 def render_text(event: Event) -> str:
     """The event as plain text: title, summary, the run, destinations, details, next run, host."""
-    lines = [f"{ICONS.get(event['event'], '')} {event['title']}".strip(), event["summary"]]
+    lines = [f"{icon(event)} {event['title']}".strip(), event["summary"]]
     run = event.get("run")
     if run:
         lines.append("")

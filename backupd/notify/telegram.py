@@ -18,7 +18,7 @@ from telegram.error import RetryAfter, TelegramError
 from telegram.request import HTTPXRequest
 
 from backupd.notify import Event
-from backupd.notify.events import ICONS, destination_lines, detail_lines, run_lines
+from backupd.notify.events import destination_lines, detail_lines, icon, run_lines
 from backupd.redact import redact
 
 MAX_TEXT = 4096  # Telegram's limit on one message
@@ -33,7 +33,7 @@ def render_html(event: Event) -> str:
     def esc(text: Any) -> str:
         return html.escape(str(text), quote=False)
 
-    lines = [f"{ICONS.get(event['event'], '')} <b>{esc(event['title'])}</b>".strip(), esc(event["summary"])]
+    lines = [f"{icon(event)} <b>{esc(event['title'])}</b>".strip(), esc(event["summary"])]
     run = event.get("run")
     if run:
         lines.append("")

@@ -117,12 +117,30 @@ class StandIn:
 
 class TelegramBotApi(StandIn):
     """Stands in for Telegram's Bot API (api.telegram.org): form-encoded bodies at
-    /bot<token>/sendMessage, replies {"ok": true, "result": Message}; 401 for a wrong token."""
+    /bot<token>/sendMessage, replies {"ok": true, "result": Message}; 401 for a wrong token;
+    getUpdates returns the queued updates from `offset` on (after a short wait when none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.updates: list[dict[str, Any]] = []
+
+    def push_message(self, chat_id: str, text: str) -> None:
+        """Queue a message as if a user sent it to the bot."""
+        self.updates.append({"update_id": 1000 + len(self.updates), "message": {
+            "message_id": len(self.updates) + 1, "date": int(time.time()), "text": text,
+            "chat": {"id": int(chat_id), "type": "private"},
+            "from": {"id": int(chat_id), "is_bot": False, "first_name": "Operator"}}})
 
     def default_reply(self, request: Captured) -> Reply:
         if not request.path.startswith(f"/bot{BOT_TOKEN}/"):
             return Reply(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
         form = request.form
+        if request.path.endswith("/getUpdates"):
+            offset = int(form.get("offset") or 0)
+            pending = [u for u in self.updates if u["update_id"] >= offset]
+            if not pending:
+                self.release.wait(0.3)
+            return Reply(200, {"ok": True, "result": pending})
         return Reply(200, {"ok": True, "result": {
             "message_id": len(self.requests), "date": int(time.time()),
             "chat": {"id": int(form.get("chat_id", "0")), "type": "private"}, "text": form.get("text", "")}})
@@ -504,3 +522,36 @@ def test_send_test_reports_each_notifier_and_send_event_follows_on(make_config, 
     assert "restored 20260101T000000Z into scratch" in embed["description"]
     assert "Target: scratch" in embed["description"]
     assert len(receiver.requests) == 1  # default `on` has no `restore`
+
+
+def test_telegram_commands_answer_the_configured_chat_only(make_config, tmp_path, telegram):
+    """With `commands = true` the daemon answers /status and runs /backup for the configured chat;
+    the same commands from another chat get no answer, run nothing, and are logged."""
+    from tests.e2e.test_daemon import DaemonProcess, wait_for
+
+    config = make_config(schedule={"every": "24h", "catch_up": False},
+                         notifiers=[telegram_notifier(telegram, commands=True, on=["success", "failure"])])
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        daemon.wait_event("telegram_commands_started", timeout=30)
+        telegram.push_message("999", "/backup")
+        telegram.push_message(CHAT_ID, "/status")
+        reply = wait_for(lambda: [m for m in telegram.messages() if "backupd: never" in m["text"]], 30,
+                         f"the /status reply\n{daemon.log[-2000:]}")[0]
+        assert reply["chat_id"] == CHAT_ID and "No run yet" in reply["text"] and "Next run:" in reply["text"]
+        ignored = daemon.events("telegram_command_ignored")
+        assert len(ignored) == 1 and "chat_id=999" in ignored[0] and "/backup" in ignored[0]
+        assert not json.loads((tmp_path / "state" / "status.json").read_text()).get("last_run")
+
+        telegram.push_message(CHAT_ID, "/backup")
+        wait_for(lambda: [m for m in telegram.messages() if "Backup requested" in m["text"]], 30, "the /backup reply")
+        done = wait_for(lambda: [m for m in telegram.messages() if "backup succeeded" in m["text"]], 120,
+                        f"the success message\n{daemon.log[-3000:]}")
+        run = last_run(tmp_path)
+        assert run["trigger"] == "telegram" and run["outcome"] == "success" and run["id"] in done[0]["text"]
+        assert all(m["chat_id"] == CHAT_ID for m in telegram.messages())
+        assert BOT_TOKEN.split(":")[1] not in daemon.log
+    finally:
+        daemon.stop()
+    history = (tmp_path / "state" / "history.jsonl").read_text().splitlines()
+    assert len([line for line in history if '"trigger":"telegram"' in line]) == 1
