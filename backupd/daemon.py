@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 import schedule
 import structlog
 
+from backupd.changes import ChangeWatcher
 from backupd.config import Config, ScheduleConfig, format_duration, load_config
 from backupd.errors import Abandoned, BackupdError, ConfigError, LockHeld
 from backupd.lock import RunLock
@@ -135,6 +136,7 @@ class Daemon:
         self._stop_announced = False
         self._backup_requested = threading.Event()  # /backup from Telegram, served by the main loop
         self._commands: list[Any] = []
+        self._changes = ChangeWatcher()
 
     # -- signals (handlers only set flags; the one exception is Abandoned, raised once) ----------
 
@@ -228,6 +230,9 @@ class Daemon:
             if self._backup_requested.is_set():
                 self.run_backup("telegram")
                 self._backup_requested.clear()
+                self._after_run()
+            if self._changes.due(self.config):  # [schedule] on_changes: an extra backup
+                self.run_backup("changes")
                 self._after_run()
             if time.monotonic() - last_housekeeping >= HOUSEKEEPING_SECONDS:
                 last_housekeeping = time.monotonic()

@@ -103,6 +103,7 @@ class Runner:
         from backupd.incremental import BackupPlan
 
         self._plan = BackupPlan("full")
+        self._changes_counter: int | None = None
         self._snapshot_lock = threading.Lock()
 
     # -- the run ------------------------------------------------------------------------------
@@ -153,6 +154,10 @@ class Runner:
             result.outcome = "success" if len(stored) == len(destinations) else "partial" if stored else "failed"
             if not stored:
                 result.error = "; ".join(f"{n}: {r['error']}" for n, r in result.destinations.items())
+            elif self._changes_counter is not None:
+                from backupd.changes import record_backup
+
+                record_backup(self.state_dir, self._changes_counter, identifier)
         except Abandoned:
             result.outcome = "failed"
             result.error = "abandoned: stopped by a signal"
@@ -302,12 +307,25 @@ class Runner:
         from backupd.incremental import measure_horizon, plan_backup
 
         plan = plan_backup(self.config, kind, destinations, now_utc())
+        self._changes_counter = self._count_changes()
         if plan.track_keys:
             source = self.config.source
             plan = dataclasses.replace(
                 plan, horizon=measure_horizon(source.dsn.get_secret_value(), source.connect_timeout))
         log.info("backup_planned", kind=plan.kind, base=plan.base, since=plan.since_text, reason=plan.reason)
         return plan
+
+    def _count_changes(self) -> int | None:
+        """The change counter this run starts from, for `[schedule] on_changes` (backupd.changes)."""
+        if self.config.schedule.on_changes <= 0:
+            return None
+        from backupd.changes import change_counter
+
+        try:
+            return change_counter(self.config.source)
+        except BackupdError as exc:
+            log.warning("changes_unknown", error=str(exc))
+            return None
 
     def _encryptor(self) -> Any:
         pipeline = self.config.pipeline
