@@ -74,6 +74,8 @@ class Notifier:
 
     def ready(self, status: str | None = None) -> None:
         """READY=1 (and a STATUS= line): startup or a reload is finished."""
+        if status:
+            self._last_status = status
         self.send("READY=1", *([f"STATUS={status}"] if status else []))
 
     def status(self, text: str) -> None:
