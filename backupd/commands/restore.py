@@ -1,0 +1,206 @@
+"""`backupd restore ID|latest|FILE --target DSN [--from NAME] [--strategy upsert|replace|merge]
+[--tables a,b] [--sql] [--dry-run] [--yes]`: contract section 7.
+
+A backup id (or `latest`) needs the config (its destination); a FILE (a JSON v2.0 export made
+elsewhere) needs none. With a config, every restore adds a line to history.jsonl and a `restore`
+event for the notifiers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+from psycopg.conninfo import conninfo_to_dict
+
+from backupd import redact
+from backupd.errors import BackupdError, UsageError
+from backupd.manifest import is_backup_id, iso, now_utc
+
+log = structlog.get_logger("backupd.restore")
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    parser = sub.add_parser("restore", parents=[common], help="restore a backup or a JSON export into a database",
+                            description="Restore a backup (id or `latest`) or a JSON v2.0 file into --target.")
+    parser.add_argument("backup", metavar="ID|latest|FILE", help="a backup id, `latest`, or a JSON export file")
+    parser.add_argument("--target", required=True, metavar="DSN", help="the database to restore into")
+    parser.add_argument("--from", dest="from_destination", metavar="NAME",
+                        help="destination to restore from (default: the first)")
+    parser.add_argument("--strategy", choices=["upsert", "replace", "merge"], default="upsert",
+                        help="upsert (default): backup rows win, target-only rows stay; replace: tables hold "
+                             "exactly the backup (needs --yes); merge: the newer updated_at wins")
+    parser.add_argument("--tables", metavar="A,B", help="only these tables")
+    parser.add_argument("--sql", action="store_true", help="restore the SQL dump (into an empty database)")
+    parser.add_argument("--dry-run", action="store_true", help="count what would change, change nothing")
+    parser.add_argument("--yes", action="store_true", help="confirm --strategy replace")
+    parser.add_argument("--gpg-homedir", type=Path, metavar="DIR", help="GnuPG home with the private key")
+    parser.add_argument("--identity", type=Path, action="append", default=[], metavar="FILE",
+                        help="age identity file (repeatable)")
+    parser.set_defaults(handler=handle)
+
+
+def _register_target_secret(dsn: str) -> None:
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except Exception:  # noqa: BLE001 - an invalid DSN is reported when connecting
+        return
+    if password:
+        redact.register([str(password)])
+
+
+def _optional_config(args: argparse.Namespace) -> Any:
+    from backupd.commands.common import config_from
+    from backupd.config import DEFAULT_CONFIG_PATH
+
+    if args.config or os.environ.get("BACKUPD_CONFIG") or DEFAULT_CONFIG_PATH.exists():
+        return config_from(args)
+    return None
+
+
+def handle(args: argparse.Namespace) -> int:
+    _register_target_secret(args.target)
+    if args.strategy == "replace" and not args.yes and not args.dry_run:
+        raise UsageError("--strategy replace deletes every target row the backup lacks: add --yes to confirm")
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
+    if args.tables is not None and not tables:
+        raise UsageError("--tables needs at least one table name")
+    from_backup = args.backup == "latest" or is_backup_id(args.backup)
+    if not from_backup and not Path(args.backup).is_file():
+        raise UsageError(f"{args.backup!r} is neither a backup id, `latest`, nor a readable file")
+    if args.sql and not from_backup:
+        raise UsageError("--sql restores a backup's SQL dump: give a backup id or `latest`, not a file")
+    if args.sql and (tables or args.strategy != "upsert"):
+        raise UsageError("--sql restores the whole dump into an empty database: --tables and --strategy "
+                         "apply to the JSON restore")
+    if from_backup:
+        from backupd.commands.common import config_from
+
+        config = config_from(args)
+    else:
+        config = _optional_config(args)
+    started = now_utc()
+    record: dict[str, Any] = {"event": "restore", "source": args.backup, "strategy": "sql" if args.sql else args.strategy,
+                              "dry_run": args.dry_run, "started": iso(started)}
+    try:
+        report = _restore(args, config, tables)
+    except BackupdError as exc:
+        _finish(config, {**record, "outcome": "failed", "error": str(exc), "finished": iso(now_utc())})
+        raise
+    _print_summary(report)
+    _finish(config, {**record, **report.record(), "outcome": "success", "error": None,
+                     "finished": iso(now_utc())})
+    return 0
+
+
+def _restore(args: argparse.Namespace, config: Any, tables: list[str] | None) -> Any:
+    from backupd.restore import (
+        JsonRestore, backup_chain, backup_inputs, file_input, find_backup, make_decryptor,
+    )
+
+    progress = _progress()
+    try:
+        if config is not None and (args.backup == "latest" or is_backup_id(args.backup)):
+            from backupd.commands.common import destination_from
+
+            destination = destination_from(config, args.from_destination)
+            manifest = find_backup(destination, args.backup)
+            chain = [manifest] if args.sql else backup_chain(destination, manifest)
+            decryptor = make_decryptor(chain, args.gpg_homedir, list(args.identity))
+            if args.sql:
+                from backupd.sqlrestore import restore_sql
+
+                return restore_sql(destination, manifest, args.target, decryptor, dry_run=args.dry_run)
+            inputs = backup_inputs(destination, chain, decryptor)
+            label = f"{destination.name}:{manifest.id}"
+        else:
+            inputs = [file_input(Path(args.backup))]
+            label = str(args.backup)
+        return JsonRestore(args.target, inputs, strategy=args.strategy, tables=tables, dry_run=args.dry_run,
+                           progress=progress, source_label=label).run()
+    finally:
+        close = getattr(progress, "close", None)
+        if close:
+            close()
+
+
+def _progress() -> Any:
+    from backupd.restore import QuietProgress
+
+    if not sys.stderr.isatty():
+        return QuietProgress()
+    return _TerminalProgress()
+
+
+class _TerminalProgress:
+    """Rows staged per table, then one line per restored table (rich, only on a terminal)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=self.console,
+                            transient=True)
+        self.bar.start()
+        self.tasks: dict[str, Any] = {}
+        self.rows: dict[str, int] = {}
+
+    def staged(self, table: str, rows: int) -> None:
+        self.rows[table] = self.rows.get(table, 0) + rows
+        if table not in self.tasks:
+            self.tasks[table] = self.bar.add_task(table)
+        self.bar.update(self.tasks[table], description=f"reading {table}: {self.rows[table]} rows")
+
+    def applied(self, table: str, counts: Any) -> None:
+        if table in self.tasks:
+            self.bar.remove_task(self.tasks.pop(table))
+        self.console.print(f"restored {table}: {counts.inserted} inserted, {counts.updated} updated, "
+                           f"{counts.deleted} deleted, {counts.unchanged} unchanged")
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def _print_summary(report: Any) -> None:
+    out = sys.stdout
+    verb = "dry run (rolled back, nothing changed)" if report.dry_run else "committed"
+    backups = ", ".join(report.backups) or report.source
+    kind = "SQL dump" if report.mode == "sql" else f"strategy {report.strategy}"
+    out.write(f"restore of {backups} into {report.target}, {kind}: {verb} in {report.seconds:.1f}s\n")
+    header = "WOULD " if report.dry_run else ""
+    out.write(f"{'TABLE':<24} {header + 'INSERT':>12} {header + 'UPDATE':>12} {header + 'DELETE':>12} "
+              f"{'UNCHANGED':>10}\n")
+    totals = [0, 0, 0, 0]
+    for table, counts in report.tables.items():
+        values = [counts.inserted, counts.updated, counts.deleted, counts.unchanged]
+        totals = [a + b for a, b in zip(totals, values, strict=True)]
+        note = f"  ({counts.note})" if counts.note else ""
+        out.write(f"{table:<24} {values[0]:>12} {values[1]:>12} {values[2]:>12} {values[3]:>10}{note}\n")
+    out.write(f"{'total':<24} {totals[0]:>12} {totals[1]:>12} {totals[2]:>12} {totals[3]:>10}\n")
+    for note in report.notes:
+        out.write(f"note: {note}\n")
+
+
+def _finish(config: Any, record: dict[str, Any]) -> None:
+    """history.jsonl and the `restore` event, when a config is loaded; neither can fail the restore."""
+    if config is None:
+        return
+    from backupd.status import StatusStore
+
+    try:
+        StatusStore(config.state.dir).append_history(record)
+    except BackupdError as exc:
+        log.error("history_write_failed", error=str(exc))
+    try:
+        from backupd.notify import dispatch
+
+        send_event = getattr(dispatch, "send_event", None)
+        if send_event is not None:
+            send_event(config, {"event": "restore", **record})
+    except Exception as exc:  # noqa: BLE001 - alerting never fails a restore
+        log.error("notify_failed", event="restore", error=str(exc))
