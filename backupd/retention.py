@@ -32,6 +32,7 @@ class BackupRef:
 
     @property
     def time(self) -> datetime:
+        """The UTC start the id stands for."""
         return id_time(self.id)
 
 
@@ -111,7 +112,8 @@ def apply_retention(dest: Destination, policy: Retention, now: datetime, dry_run
     manifests = dest.backups()
     backup_refs = refs(manifests)
     keep = select(backup_refs, policy, now)
-    expired = sorted(b.id for b in backup_refs if b.id not in keep)
+    # newest first: a run interrupted half-way never leaves an incremental whose full is gone
+    expired = sorted((b.id for b in backup_refs if b.id not in keep), reverse=True)
     for backup_id in expired:
         if not dry_run:
             dest.remove(backup_id)
