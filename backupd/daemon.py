@@ -237,6 +237,7 @@ class Daemon:
             if time.monotonic() - last_housekeeping >= HOUSEKEEPING_SECONDS:
                 last_housekeeping = time.monotonic()
                 self._housekeeping()
+                self._drills(after_backup=False)
             idle = self.scheduler.idle_seconds
             timeout = TICK_SECONDS if idle is None else max(0.0, min(idle, TICK_SECONDS))
             readable, _, _ = select.select([self._wake_read], [], [], timeout)
@@ -328,8 +329,10 @@ class Daemon:
             self._in_run = True
             if self._stop_signal is not None:
                 raise Abandoned(f"stopped by {self._stop_signal}")
-            runner.run(trigger=trigger, wait_for_lock=True,
-                       next_run=next_slot(config.schedule, datetime.now(UTC)).replace(microsecond=0))
+            result = runner.run(trigger=trigger, wait_for_lock=True,
+                                next_run=next_slot(config.schedule, datetime.now(UTC)).replace(microsecond=0))
+            if result.outcome != "failed":
+                self._drills(after_backup=True)
         except Abandoned:
             raise
         except BackupdError as exc:
@@ -341,6 +344,28 @@ class Daemon:
             self._runner = None
             self._phase = ""
             self._heartbeat = time.monotonic()
+
+    def _drills(self, after_backup: bool) -> None:
+        """`[verify] schedule`: restore drills of the newest backup at each destination, after a
+        backup or daily/weekly (see `backupd.verify.run_scheduled_drills`). Never raises."""
+        if not self.config.verify.schedule or self._stop_signal is not None:
+            return
+        from backupd.verify import drill_due, run_scheduled_drills
+
+        if not drill_due(self.config, datetime.now(UTC), after_backup=after_backup):
+            return
+        self._in_run = True
+        self._phase = "restore drill"
+        self.notifier.status("Restore drill: verify --restore-test")
+        try:
+            run_scheduled_drills(self.config, after_backup=after_backup)
+        except Exception as exc:  # noqa: BLE001 - a drill's crash must not stop the daemon
+            log.exception("drill_crashed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._in_run = False
+            self._phase = ""
+            self._heartbeat = time.monotonic()
+            self.notifier.status(self._idle_status())
 
     def _on_phase(self, phase: str) -> None:
         self._phase = phase

@@ -1,0 +1,95 @@
+"""Restore drills from inside the daemon (`[verify] schedule = "after-backup"`): `backupd run` as
+systemd runs it, a real PostgreSQL, a local destination, a webhook receiver on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.e2e.test_daemon import DaemonProcess, wait_for
+
+
+class WebhookReceiver:
+    """Stands in for a generic webhook alert receiver on the internet: records every JSON body."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.bodies.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def events(self) -> list[str]:
+        return [b.get("event", "") for b in self.bodies]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookReceiver]:
+    receiver = WebhookReceiver()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+def test_drill_after_backup_in_daemon_passes_then_a_failing_drill_alerts(make_config, pg, webhook, tmp_path):
+    """A drill after the catch-up backup restores it into scratch databases on `scratch_dsn` and
+    records `last_drill` (passed, with its restore time). With a scratch server that cannot be
+    reached, the drill fails: `verify_failed` reaches the webhook and health turns failing."""
+    notifiers = [{"type": "webhook", "url": webhook.url, "on": ["verify_failed"]}]
+    config = make_config(schedule={"every": "1h"}, verify={"schedule": "after-backup", "scratch_dsn": pg.dsn()},
+                         notifiers=notifiers)
+    status_path = tmp_path / "state" / "status.json"
+
+    def last_drill() -> dict | None:
+        try:
+            return json.loads(status_path.read_text()).get("last_drill")
+        except (OSError, ValueError):
+            return None
+
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        drill = wait_for(last_drill, 90, "a drill after the catch-up backup")
+        assert drill["outcome"] == "passed", drill
+        assert drill["trigger"] == "after-backup" and drill["restore_test"] is True and drill["rto_seconds"] > 0
+        assert json.loads(run_cli("--config", str(config), "status", "--json").stdout)["health"] == "healthy"
+    finally:
+        daemon.stop()
+    assert webhook.events() == []
+
+    config = make_config(schedule={"every": "1h"},
+                         verify={"schedule": "after-backup", "scratch_dsn": "postgresql://drill:pw@127.0.0.1:1/x"},
+                         notifiers=notifiers)
+    status_path.unlink()  # a fresh start: the catch-up run happens again
+    daemon = DaemonProcess(config, tmp_path / "daemon2.log")
+    try:
+        drill = wait_for(last_drill, 90, "a failing drill")
+        assert drill["outcome"] == "failed" and "scratch server" in drill["error"]
+        wait_for(lambda: "verify_failed" in webhook.events(), 30, "the verify_failed alert")
+        status = run_cli("--config", str(config), "status", "--json")
+        assert status.returncode == 1 and json.loads(status.stdout)["health"] == "failing"
+    finally:
+        daemon.stop()
+    assert "pw@" not in Path(tmp_path / "daemon2.log").read_text()
