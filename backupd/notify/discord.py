@@ -46,7 +46,7 @@ def build_embed(event: Event) -> dict[str, Any]:
     elif event["event"] != "test":
         description += detail_lines(event)
     last = event.get("last_success")
-    if last and event["event"] in ("failure", "partial", "stale"):
+    if last and event["event"] in ("failure", "stale"):
         fields.append({"name": "Last success", "value": f"`{last.get('id')}` at {last.get('finished')}",
                        "inline": False})
     fields.append({"name": "Next run", "value": str(event.get("next_run") or "not scheduled"), "inline": True})

@@ -222,7 +222,7 @@ def render_text(event: Event) -> str:
         lines.append("")
         lines += details
     lines.append("")
-    if event.get("last_success") and event["event"] in ("failure", "partial", "stale"):
+    if event.get("last_success") and event["event"] in ("failure", "stale"):
         lines.append(f"Last success: {event['last_success'].get('id')} at {event['last_success'].get('finished')}")
     lines.append(f"Next run: {event.get('next_run') or 'not scheduled'}")
     lines.append(f"Host: {event['host']}")

@@ -49,7 +49,7 @@ def render_html(event: Event) -> str:
             lines += [esc(line) for line in details]
     lines.append("")
     last = event.get("last_success")
-    if last and event["event"] in ("failure", "partial", "stale"):
+    if last and event["event"] in ("failure", "stale"):
         lines.append(f"Last success: <code>{esc(last.get('id'))}</code> at {esc(last.get('finished'))}")
     lines.append(f"Next run: {esc(event.get('next_run') or 'not scheduled')}")
     lines.append(f"Host: <code>{esc(event['host'])}</code>")
