@@ -555,3 +555,19 @@ def test_telegram_commands_answer_the_configured_chat_only(make_config, tmp_path
         daemon.stop()
     history = (tmp_path / "state" / "history.jsonl").read_text().splitlines()
     assert len([line for line in history if '"trigger":"telegram"' in line]) == 1
+
+
+def test_doctor_test_notify_reports_each_notifier(make_config, tmp_path, telegram, discord, source_dsn):
+    """`backupd doctor --test-notify` sends a test message through every notifier and prints one line
+    each; a notifier that fails (Discord answers 500) makes doctor exit 1, without any secret shown."""
+    discord.script.append(Reply(500, {"message": "Internal Server Error"}))
+    config = make_config(notifiers=[telegram_notifier(telegram), discord_notifier(discord)])
+    result = run_cli("--config", str(config), "doctor", "--test-notify", timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    telegram_line = next(line for line in output.splitlines() if "notifiers[0]:telegram" in line)
+    discord_line = next(line for line in output.splitlines() if "notifiers[1]:discord" in line)
+    assert "sent" in telegram_line and "HTTP 500" in discord_line
+    assert len(telegram.messages()) == 1 and "test message" in telegram.messages()[0]["text"]
+    for secret in secrets_of(source_dsn):
+        assert secret not in output
