@@ -201,6 +201,10 @@ def _finish(config: Any, record: dict[str, Any]) -> None:
 
         send_event = getattr(dispatch, "send_event", None)
         if send_event is not None:
-            send_event(config, {"event": "restore", **record})
+            event = {k: record.get(k) for k in ("source", "target", "mode", "strategy", "dry_run", "backups",
+                                                "outcome", "error", "duration_seconds") if k in record}
+            for name in ("inserted", "updated", "deleted", "unchanged"):
+                event[name] = sum(int(t.get(name, 0)) for t in (record.get("tables") or {}).values())
+            send_event(config, {"event": "restore", **event})
     except Exception as exc:  # noqa: BLE001 - alerting never fails a restore
         log.error("notify_failed", event="restore", error=str(exc))
