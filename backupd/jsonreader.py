@@ -155,10 +155,9 @@ class ExportReader:
                     raise IntegrityError(f"{self._where}: the JSON document is truncated or malformed "
                                          f"({exc.msg})") from None
                 raise
-            if end >= len(self._buf) and not self._eof:
-                # a number or literal may continue in the next block
-                if self._fill():
-                    continue
+            # a number or literal that ends the buffer may continue in the next block
+            if end >= len(self._buf) and not self._eof and self._fill():
+                continue
             self._pos = end
             return value, start, end
 
@@ -284,7 +283,7 @@ class ExportReader:
             rows: list[str] = []
             offset = self._pos
             for line in self._buf[self._pos:end].split("\n"):
-                row = line[:-1] if line.endswith(",") else line
+                row = line.removesuffix(",")
                 if row.startswith("{") and row.endswith("}"):
                     rows.append(row)
                     offset += len(line) + 1

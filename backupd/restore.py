@@ -260,7 +260,7 @@ def file_input(path: Path) -> ExportInput:
         raise RestoreError(f"cannot read {path}: {exc.strerror or exc}") from None
 
     def opener() -> BinaryIO:
-        return decompress_stream(open(path, "rb"), sniff_compression(head), str(path))  # noqa: SIM115
+        return decompress_stream(open(path, "rb"), sniff_compression(head), str(path))
 
     return ExportInput(str(path), opener, None)
 
@@ -377,7 +377,7 @@ class _CopySink:
         self._done = True
         try:
             self._cm.__exit__(type(exc), exc, exc.__traceback__)
-        except Exception:  # noqa: BLE001 - the original error is what matters
+        except Exception:  # noqa: BLE001, S110 - the original error is what matters
             pass
 
 

@@ -180,8 +180,8 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
         raise
     except CommandError as exc:
         raise RestoreError(f"SQL restore failed, target unchanged: {exc.message}") from None
-    for table, entry in manifest.tables.items():
-        report.tables[table] = TableCounts(inserted=entry.rows, rows=entry.rows)
+    for table, table_entry in manifest.tables.items():
+        report.tables[table] = TableCounts(inserted=table_entry.rows, rows=table_entry.rows)
     report.seconds = time.monotonic() - began
     return report
 
@@ -207,4 +207,4 @@ def _check_empty(target_dsn: str) -> int:
         raise RestoreError(
             f"the target database is not empty ({len(tables)} relations: {names}): --sql restores into an "
             "empty database only", "create a new database (createdb), or restore the JSON export instead")
-    return int(row[0])
+    return int(str(row[0]))

@@ -99,7 +99,12 @@ def handle(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace, config: Any, tables: list[str] | None) -> Any:
     from backupd.restore import (
-        JsonRestore, backup_chain, backup_inputs, file_input, find_backup, make_decryptor,
+        JsonRestore,
+        backup_chain,
+        backup_inputs,
+        file_input,
+        find_backup,
+        make_decryptor,
     )
 
     progress = _progress()
@@ -201,7 +206,7 @@ def _finish(config: Any, record: dict[str, Any]) -> None:
 
         send_event = getattr(dispatch, "send_event", None)
         if send_event is not None:
-            event = {k: record.get(k) for k in ("source", "target", "mode", "strategy", "dry_run", "backups",
+            event: dict[str, Any] = {k: record.get(k) for k in ("source", "target", "mode", "strategy", "dry_run", "backups",
                                                 "outcome", "error", "duration_seconds") if k in record}
             for name in ("inserted", "updated", "deleted", "unchanged"):
                 event[name] = sum(int(t.get(name, 0)) for t in (record.get("tables") or {}).values())

@@ -16,13 +16,13 @@ import psycopg
 import pytest
 import zstandard
 
-from tests.conftest import JARVIS_TABLES, SCHEMA_SQL, run_cli, table_checksums
+from tests.conftest import SCHEMA_SQL, run_cli, table_checksums
 
 
 def _backup(config: Path, backups: Path) -> Path:
     result = run_cli("--config", str(config), "-q", "backup")
     assert result.returncode == 0, result.stderr
-    newest = sorted(p for p in backups.iterdir() if p.is_dir())[-1]
+    newest = max(p for p in backups.iterdir() if p.is_dir())
     return newest
 
 
@@ -61,7 +61,7 @@ def test_json_replace_into_empty_schema_round_trips_all_tables(make_config, sour
     assert restored == table_checksums(source_dsn, manifest["tables"])
     for table, (rows, checksum) in restored.items():
         assert (rows, checksum) == (manifest["tables"][table]["rows"], manifest["tables"][table]["checksum"])
-    total = [line for line in result.stdout.splitlines() if line.startswith("total")][0].split()
+    total = next(line for line in result.stdout.splitlines() if line.startswith("total")).split()
     assert int(total[1]) == sum(t["rows"] for t in manifest["tables"].values())
     history = [json.loads(line) for line in (tmp_path / "state" / "history.jsonl").read_text().splitlines()]
     restore_lines = [h for h in history if h["event"] == "restore"]
@@ -124,7 +124,7 @@ def conflicts(make_config, source_dsn, pg, tmp_path):
 
 
 def _counts(stdout: str, table: str) -> list[int]:
-    line = [row for row in stdout.splitlines() if row.split() and row.split()[0] == table][0]
+    line = next(row for row in stdout.splitlines() if row.split() and row.split()[0] == table)
     return [int(v) for v in line.split()[1:5]]
 
 
@@ -443,3 +443,26 @@ def test_encrypted_backup_restores_with_its_identity_only(make_config, source_ds
     result = _restore(config, "latest", "--target", target, "--identity", str(identity_file))
     assert result.returncode == 0, result.stderr
     assert table_checksums(target) == table_checksums(source_dsn)
+
+
+def test_sql_dump_of_a_newer_pg_dump_restores_into_an_older_server(make_config, source_dsn, pg, tmp_path):
+    """pg_dump 18 (the embedded wheel) writes `SET transaction_timeout`, which PostgreSQL 15
+    rejects, and `\\restrict` lines: --sql still restores it into the PostgreSQL 15 server."""
+    from backupd.pgtools import embedded_bin_dir, tool_version
+
+    wheel = embedded_bin_dir()
+    if wheel is None or not (wheel / "pg_dump").exists():
+        pytest.skip("no embedded pg_dump")
+    newer = tool_version(str(wheel / "pg_dump"))
+    server_major = pg.execute(source_dsn, "SELECT current_setting('server_version_num')::int / 10000")[0][0]
+    if newer.major < 17 or server_major >= 17:
+        pytest.skip("needs a pg_dump >= 17 and a server < 17")
+    config = make_config(dump={"pg_dump": str(wheel / "pg_dump")})
+    backup = _backup(config, tmp_path / "backups")
+    schema = zstandard.ZstdDecompressor().decompressobj().decompress((backup / "schema.sql.zst").read_bytes())
+    assert b"SET transaction_timeout = 0;" in schema
+    target = pg.fresh_db("newer", template=None)
+    result = _restore(config, "latest", "--target", target, "--sql")
+    assert result.returncode == 0, result.stderr
+    manifest = _manifest(backup)
+    assert table_checksums(target, manifest["tables"]) == table_checksums(source_dsn, manifest["tables"])

@@ -1,0 +1,127 @@
+"""The pieces of a restore that need no database: reading exports in every layout, refusing
+damaged ones, filtering dump lines across chunk boundaries, choosing a psql for \\restrict."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import pytest
+
+from backupd.errors import IntegrityError
+from backupd.jsonreader import ExportReader
+from backupd.pgtools import PgTool
+from backupd.sqlrestore import LineFilter, knows_restrict
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.rows: list[str] = []
+        self.keys: list[str] = []
+
+    def write_rows(self, rows: list[str]) -> None:
+        assert all("\n" not in r for r in rows)
+        self.rows += rows
+
+    def finish(self, keys: list[str]) -> None:
+        self.keys = keys
+
+
+class Trickle(io.RawIOBase):
+    """A stream that returns at most `step` bytes per read (block boundaries everywhere)."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step, self.pos = data, step, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.data[self.pos:self.pos + self.step]
+        self.pos += len(chunk)
+        return chunk
+
+
+def read(data: bytes, step: int | None = None) -> tuple[Any, dict[str, Collect]]:
+    sinks: dict[str, Collect] = {}
+
+    def handler(table: str) -> Collect:
+        sinks[table] = Collect()
+        return sinks[table]
+
+    stream = Trickle(data, step) if step else io.BytesIO(data)
+    return ExportReader(stream, "export.json").read(handler), sinks  # type: ignore[arg-type]
+
+
+DOC = {"version": "2.0", "exportedAt": "2026-01-30T14:30:00Z", "format": "full", "incremental": False,
+       "since": None, "tables": ["projects", "tasks"],
+       "data": {"projects": [{"id": 1, "budget": 12.50, "name": "a\nb \u00e9\U0001f600"}],
+                "tasks": [{"id": i, "tags": ["x", None], "meta": {"n": 1.10}} for i in range(50)]},
+       "deleted": {"tasks": [{"id": 99}]}, "recordCount": {"projects": 1, "tasks": 50}}
+
+
+@pytest.mark.parametrize("text", [
+    json.dumps(DOC, ensure_ascii=False),
+    json.dumps(DOC, indent=2),
+    json.dumps(DOC, indent=0),
+    json.dumps({"data": DOC["data"], "version": "2.0"}),  # keys in another order
+])
+@pytest.mark.parametrize("step", [None, 7])
+def test_any_valid_layout_yields_every_row_exactly(text, step):
+    document, sinks = read(text.encode(), step)
+    assert document.version == "2.0"
+    assert [json.loads(r) for r in sinks["tasks"].rows] == DOC["data"]["tasks"]
+    assert json.loads(sinks["projects"].rows[0]) == DOC["data"]["projects"][0]
+    assert sinks["tasks"].keys == ["id", "tags", "meta"]
+
+
+def test_numbers_keep_their_text():
+    raw = b'{"version": "2.0", "data": {"t": [{"n": 12.50, "j": {"x": 1.10}}]}}'
+    _, sinks = read(raw, 3)
+    assert sinks["t"].rows == ['{"n": 12.50, "j": {"x": 1.10}}']
+
+
+def test_backupd_layout_streams_rows_as_lines():
+    raw = (b'{"version": "2.0", "tables": ["a", "b"],\n"data": {\n"a": [\n{"x":1},\n{"x":12.50}\n],\n'
+           b'"b": []\n},\n"deleted": {"a": [1]},\n"recordCount": {"a": 2, "b": 0}}\n')
+    for step in (None, 5):
+        document, sinks = read(raw, step)
+        assert sinks["a"].rows == ['{"x":1}', '{"x":12.50}'] and sinks["b"].rows == []
+        assert document.deleted == {"a": [1]} and document.record_count == {"a": 2, "b": 0}
+
+
+def test_a_row_larger_than_a_read_block():
+    big = {"version": "2.0", "data": {"t": [{"body": "z" * (3 << 20)}, {"body": "small"}]}}
+    _, sinks = read(json.dumps(big).encode())
+    assert [len(json.loads(r)["body"]) for r in sinks["t"].rows] == [3 << 20, 5]
+
+
+@pytest.mark.parametrize("raw, message", [
+    (json.dumps(DOC)[:-40].encode(), "truncated"),
+    (json.dumps({**DOC, "version": "3.0"}).encode(), "export version '3.0'"),
+    (json.dumps(DOC).encode() + b" {}", "unexpected text"),
+    (json.dumps({"data": {}}).encode(), "no \"version\""),
+    (b"\xff\xfe not text", "not UTF-8"),
+    (json.dumps({"version": "2.0", "data": {"t": [1, 2]}}).encode(), "not an object"),
+])
+def test_damaged_documents_are_refused(raw, message):
+    with pytest.raises(IntegrityError, match=message):
+        read(raw, 11)
+
+
+def test_line_filter_drops_lines_across_chunk_boundaries():
+    text = b"SET a = 1;\nSET transaction_timeout = 0;\nCOPY t FROM stdin;\n1\n\\.\n"
+    for step in range(1, len(text) + 1):
+        line_filter = LineFilter([b"SET transaction_timeout = 0;"])
+        out = b"".join(line_filter.feed(text[i:i + step]) for i in range(0, len(text), step)) + line_filter.finish()
+        assert out == b"SET a = 1;\nCOPY t FROM stdin;\n1\n\\.\n", step
+    assert LineFilter([]).feed(text) + b"" == text
+
+
+@pytest.mark.parametrize("version, expected", [("15.13", False), ("15.14", True), ("15.18", True),
+                                               ("16.9", False), ("16.10", True), ("17.6", True),
+                                               ("18.0", True), ("12.22", False)])
+def test_which_psql_knows_restrict(version, expected):
+    major = int(version.split(".")[0])
+    assert knows_restrict(PgTool("/usr/bin/psql", major, version)) is expected
