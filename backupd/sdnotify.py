@@ -66,8 +66,14 @@ class Notifier:
             try:
                 if self._socket is None:
                     self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    # never block: a listener that does not read (its queue holds only
+                    # net.unix.max_dgram_qlen datagrams) must not stall a backup or the shutdown
+                    self._socket.setblocking(False)
                 self._socket.sendto(message, self._target())
                 return True
+            except BlockingIOError:
+                log.debug("sd_notify_dropped", reason="the listener's queue is full")
+                return False
             except OSError as exc:
                 log.debug("sd_notify_failed", error=str(exc))
                 return False

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,22 +37,29 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 class NotifySocket:
-    """Stands in for systemd's notify socket: an AF_UNIX datagram socket the daemon writes to."""
+    """Stands in for systemd's notify socket: an AF_UNIX datagram socket the daemon writes to,
+    read continuously by a thread (as systemd does: an unread queue makes the sender drop)."""
 
     def __init__(self) -> None:
         self.address = f"@backupd-test-{uuid.uuid4().hex[:12]}"  # abstract name, as systemd may use
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(b"\0" + self.address[1:].encode())
-        self.sock.setblocking(False)
+        self.sock.settimeout(0.2)
         self.messages: list[list[str]] = []
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def drain(self) -> list[list[str]]:
-        while True:
+    def _read(self) -> None:
+        while not self._closed:
             try:
                 data = self.sock.recv(4096)
-            except BlockingIOError:
-                return self.messages
+            except (TimeoutError, OSError):
+                continue
             self.messages.append(data.decode().split("\n"))
+
+    def drain(self) -> list[list[str]]:
+        return list(self.messages)
 
     def fields(self) -> list[str]:
         return [field for message in self.drain() for field in message]
@@ -60,6 +68,8 @@ class NotifySocket:
         return any(f == field or f.startswith(field) for f in self.fields())
 
     def close(self) -> None:
+        self._closed = True
+        self._reader.join(timeout=2)
         self.sock.close()
 
 
@@ -331,7 +341,6 @@ def test_sighup_reload_good_and_bad_config(make_config, notify, daemons, tmp_pat
     daemon.wait_event("catch_up_disabled")
 
     config.write_text(original.replace('every = "1h"', 'every = "banana"'))
-    notify.drain()
     notify.messages.clear()
     daemon.signal(signal.SIGHUP)
     failure = daemon.wait_event("config_reload_failed")

@@ -99,6 +99,20 @@ def test_sd_notify_path_socket_and_environment_cleanup(tmp_path):
     assert Notifier(str(tmp_path / "nobody-listens")).send("READY=1") is False  # never raises
 
 
+def test_sd_notify_never_blocks_on_a_listener_that_does_not_read(tmp_path):
+    """The socket queue of a silent listener fills after a few datagrams: sends are dropped, the
+    sender (the daemon's main thread or its watchdog) never blocks."""
+    path = tmp_path / "notify"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(path))
+    try:
+        notifier = Notifier(str(path))
+        results = [notifier.send("WATCHDOG=1") for _ in range(500)]
+        assert results[0] is True and results[-1] is False
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize("listen", ["127.0.0.1:9468", "[::1]:9468", "localhost:1"])
 def test_http_listen_accepts_loopback(listen):
     assert parse_listen(listen)[1] > 0
