@@ -83,8 +83,7 @@ class ExternalSorter:
         self._records.sort(key=_record_key)
         path = self.scratch / f"{self.name}.run{len(self.runs)}"
         with open(path, "wb") as out:
-            for record in self._records:
-                out.write(record + b"\n")
+            out.writelines(record + b"\n" for record in self._records)
         self.runs.append(path)
         self._records = []
         self._bytes = 0
@@ -95,8 +94,7 @@ class ExternalSorter:
             self._records.sort(key=_record_key)
             path = self.scratch / f"{self.name}.sorted"
             with open(path, "wb") as out:
-                for record in self._records:
-                    out.write(record + b"\n")
+                out.writelines(record + b"\n" for record in self._records)
             self._records = []
             return path
         self._spill()
@@ -104,8 +102,7 @@ class ExternalSorter:
         files = [open(run, "rb") for run in self.runs]  # noqa: SIM115 - closed below
         try:
             with open(path, "wb") as out:
-                for record in heapq.merge(*files, key=_record_key):
-                    out.write(record)
+                out.writelines(heapq.merge(*files, key=_record_key))
         finally:
             for handle in files:
                 handle.close()
@@ -114,8 +111,9 @@ class ExternalSorter:
         return path
 
 
-def _record_key(record: bytes) -> bytes:
-    return record.split(SEP, 1)[0]
+def _record_key(record: Any) -> bytes:
+    key: bytes = record.split(SEP, 1)[0]
+    return key
 
 
 def read_records(path: Path) -> Iterator[tuple[bytes, bytes]]:

@@ -128,14 +128,14 @@ class KeyWriter:
     def close(self) -> None:
         """Flush and close the file."""
         self._writer.flush(zstandard.FLUSH_FRAME)
-        self._writer.close()
+        self._writer.close()  # type: ignore[no-untyped-call]  # zstandard ships no stub for it
         self._file.close()
 
 
 def read_keys(path: Path) -> Iterator[bytes]:
     """The keys of a key file, in their stored order."""
     with open(path, "rb") as raw:
-        reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw), 1 << 20)  # type: ignore[arg-type]
+        reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw), 1 << 20)
         for line in reader:
             yield line.rstrip(b"\n")
 

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from backupd.catalog import Table, discover
 from backupd.commands.common import config_from
@@ -104,7 +104,7 @@ def parse_since(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise UsageError(f"--since: {text[:40]!r} is not an ISO 8601 timestamp (e.g. 2026-01-30T14:30:00Z)") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -178,7 +178,7 @@ def _export_csv(snapshot: Snapshot, tables: list[Table], where: dict[str, str],
         return counts
     # stdout: a tar stream; each member's size must be known first, so it is spooled to a temp file
     stream = _compressed(_StdoutSink(), args.compress)
-    with tarfile.open(fileobj=_TarOut(stream), mode="w|", format=tarfile.PAX_FORMAT) as archive, \
+    with tarfile.open(fileobj=cast(Any, _TarOut(stream)), mode="w|", format=tarfile.PAX_FORMAT) as archive, \
             tempfile.TemporaryDirectory(prefix="backupd-export-") as scratch:
         for table in tables:
             path = Path(scratch) / f"{table.key}.csv"

@@ -29,7 +29,7 @@ def copy_csv(conn: psycopg.Connection[tuple[object, ...]], table: Table, out: Wr
     try:
         with cursor.copy(csv_copy_sql(table, where)) as copy:
             for chunk in copy:
-                out.write(chunk)
+                out.write(bytes(chunk))
     except psycopg.Error as exc:
         raise SourceError(f"exporting {table.key} as CSV failed: {one_line(exc)}") from None
     return max(cursor.rowcount, 0)

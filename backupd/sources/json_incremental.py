@@ -20,8 +20,16 @@ from backupd.checksum import LineSplitter, TableChecksum
 from backupd.db import one_line
 from backupd.errors import SourceError
 from backupd.incremental import (
-    BackupPlan, KeyStore, KeyWriter, has_usable_key, key_expression, keyed_rows_copy_sql, keys_copy_sql,
-    merge_keys, read_keys, since_condition,
+    BackupPlan,
+    KeyStore,
+    KeyWriter,
+    has_usable_key,
+    key_expression,
+    keyed_rows_copy_sql,
+    keys_copy_sql,
+    merge_keys,
+    read_keys,
+    since_condition,
 )
 from backupd.manifest import TableEntry
 from backupd.snapshot import Snapshot
@@ -38,7 +46,7 @@ def copy_lines(conn: psycopg.Connection[tuple[object, ...]], sql: str, what: str
     try:
         with conn.cursor().copy(sql) as copy:
             for chunk in copy:
-                lines = splitter.feed(chunk)
+                lines = splitter.feed(bytes(chunk))
                 if lines:
                     yield lines
         rest = splitter.finish()
@@ -156,7 +164,7 @@ class TrackedJsonExportSource:
         sql = (f"SELECT row_to_json(t)::text FROM ({table.select_sql()}) t "
                f"WHERE {key_expression(table)} = ANY(%s::text[])")
         try:
-            rows = conn.execute(sql, ([k.decode() for k in keys],)).fetchall()  # type: ignore[arg-type]
+            rows = conn.execute(sql.encode(), ([k.decode() for k in keys],)).fetchall()
         except psycopg.Error as exc:
             raise SourceError(f"exporting {table.key} failed: {one_line(exc)}") from None
         return [str(r[0]).encode() for r in rows]

@@ -83,7 +83,7 @@ def write_sqlite(conn: psycopg.Connection[tuple[object, ...]], tables: list[Tabl
             try:
                 with conn.cursor(name=f"backupd_sqlite_{number}") as cursor:
                     cursor.itersize = FETCH_ROWS
-                    cursor.execute(sql)  # type: ignore[arg-type]
+                    cursor.execute(sql.encode())
                     while batch := cursor.fetchmany(FETCH_ROWS):
                         db.executemany(insert, batch)
                         count += len(batch)

@@ -44,7 +44,7 @@ def test_counter_and_watcher_follow_the_statistics(make_config, source_dsn, tmp_
     assert change_counter(excluded.source) < change_counter(config.source)
 
 
-def test_daemon_takes_an_extra_incremental_after_enough_changes(make_config, source_dsn, daemons, tmp_path):
+def test_daemon_takes_an_extra_incremental_after_enough_changes(make_config, source_dsn, daemons, tmp_path):  # noqa: F811
     config = make_config(schedule={"every": "24h", "on_changes": 25, "min_interval": "2s"},
                          export={"incremental": True})
     daemon = daemons(config)

@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 import tarfile
-from pathlib import Path
 
 import psycopg
 import zstandard
@@ -26,9 +25,10 @@ def counts(dsn: str, tables: list[str]) -> dict[str, int]:
 def test_json_to_stdout_is_valid_json_with_row_counts(make_config, source_dsn):
     config = make_config()
     result = subprocess.run([sys.executable, "-m", "backupd", "--config", str(config), "-q", "export"],
-                            capture_output=True)
+                            capture_output=True, check=False)
     assert result.returncode == 0, result.stderr
-    checked = subprocess.run([sys.executable, "-m", "json.tool"], input=result.stdout, capture_output=True)
+    checked = subprocess.run([sys.executable, "-m", "json.tool"], input=result.stdout, capture_output=True,
+                             check=False)
     assert checked.returncode == 0, checked.stderr
     document = json.loads(result.stdout)
     assert document["version"] == "2.0" and document["format"] == "full"
@@ -70,7 +70,7 @@ def test_csv_folder_and_tar_stream(make_config, source_dsn, tmp_path):
         assert "id" in rows[0] or "task_id" in rows[0]
     tarred = subprocess.run([sys.executable, "-m", "backupd", "--config", str(config), "-q", "export",
                              "--format", "csv", "--include", "tasks,labels", "--compress", "zstd", "-o", "-"],
-                            capture_output=True)
+                            capture_output=True, check=False)
     assert tarred.returncode == 0, tarred.stderr
     raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(tarred.stdout)).read()
     with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
@@ -91,7 +91,7 @@ def test_sqlite_preserves_values_and_counts(make_config, source_dsn, tmp_path):
     assert result.returncode == 0, result.stderr
     expected = counts(source_dsn, JARVIS_TABLES)
     for table in JARVIS_TABLES:
-        cli = subprocess.run(["sqlite3", str(out), f'SELECT count(*) FROM "{table}"'], capture_output=True, text=True)
+        cli = subprocess.run(["sqlite3", str(out), f'SELECT count(*) FROM "{table}"'], capture_output=True, text=True, check=False)
         assert cli.returncode == 0, cli.stderr
         assert int(cli.stdout) == expected[table], table
     def query(sql: str) -> str:
