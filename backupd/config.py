@@ -379,7 +379,8 @@ class S3DestinationConfig(DestinationBase):
     access_key_id: SecretStr | None = Field(default=None, description="access key (empty: boto3's chain)")
     secret_access_key: SecretStr | None = Field(default=None, description="secret key")
     path_style: bool = Field(default=True, description="path-style addressing (MinIO, Supabase)")
-    part_size_mb: int = Field(default=16, ge=5, le=512, description="multipart part size")
+    part_size_mb: int = Field(default=8, ge=5, le=512,
+                              description="multipart part size (memory: about 3 parts are held at once)")
 
 
 class SupabaseDestinationConfig(DestinationBase):

@@ -1,8 +1,10 @@
 """Any S3-compatible store (AWS, Backblaze B2, MinIO, Supabase's S3 endpoint) through boto3.
 
 Uploads stream through s3transfer's multipart upload with bounded memory: the source is handed
-over as a non-seekable reader, so s3transfer reads one part at a time (at most `concurrency`
-parts of `part_size_mb` in flight). Every part is sent with an `x-amz-checksum-sha256`, which S3
+over as a non-seekable reader, so s3transfer reads one part at a time, at most CONCURRENCY + 1
+parts of `part_size_mb` in memory (peak RSS 130 MiB uploading 1 GiB with the default 8 MiB
+parts, see docs/performance.md). The part size grows for objects that would need more than
+9,000 parts (S3 allows 10,000), so memory grows only for artifacts beyond about 70 GiB. Every part is sent with an `x-amz-checksum-sha256`, which S3
 checks on receipt; after the upload the object's `ChecksumSHA256` (HEAD with checksum mode on) is
 compared with the one computed here from the very bytes that were read: the whole object's
 SHA-256 for a single PUT, the composite "SHA-256 of the part SHA-256s, -N" for a multipart
@@ -37,7 +39,8 @@ from backupd.errors import DestinationError, IntegrityError, NotFound
 
 log = structlog.get_logger("backupd.s3")
 
-CONCURRENCY = 3
+CONCURRENCY = 2
+MAX_PARTS = 9000
 _PERMANENT_HINTS = {
     "NoSuchBucket": "create the bucket or fix destinations.bucket",
     "AccessDenied": "the key lacks s3:PutObject/GetObject/ListBucket/DeleteObject on this bucket",
@@ -174,21 +177,36 @@ class S3Store:
         )
         self.client = session.client("s3", endpoint_url=config.endpoint_url or None, config=boto_config)
         self.part_size = config.part_size_mb << 20
-        self.transfer = TransferConfig(
-            multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
+        self.transfer = self._transfer(self.part_size)
+
+    @staticmethod
+    def _transfer(part_size: int) -> TransferConfig:
+        transfer = TransferConfig(
+            multipart_threshold=part_size, multipart_chunksize=part_size,
             max_concurrency=CONCURRENCY, max_io_queue=2, use_threads=True,
         )
+        # s3transfer reads up to this many parts ahead of the uploads (default 10): the memory bound
+        transfer.max_in_memory_upload_chunks = CONCURRENCY + 1
+        return transfer
+
+    def _part_size(self, size: int) -> int:
+        """The configured part size, grown (whole MiB) so an object never needs more than
+        MAX_PARTS of S3's 10,000 parts."""
+        needed = -(-size // MAX_PARTS)
+        return max(self.part_size, -(-needed // (1 << 20)) << 20)
 
     def _where(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
     def put(self, key: str, data: BinaryIO, size: int) -> None:
-        reader = _PartHashingReader(data, self.part_size)
+        part_size = self._part_size(size)
+        reader = _PartHashingReader(data, part_size)
         where = self._where(key)
         try:
             self.client.upload_fileobj(
                 io.BufferedReader(reader, 1 << 20), self.bucket, key,
-                ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=self.transfer,
+                ExtraArgs={"ChecksumAlgorithm": "SHA256"},
+                Config=self.transfer if part_size == self.part_size else self._transfer(part_size),
             )
             head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as exc:
