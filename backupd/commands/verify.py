@@ -44,6 +44,12 @@ def handle(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     report = verify_backup(config, destination, manifest, restore_test=args.restore_test, decryptor=decryptor)
     record_result(config, report)
+    from backupd import audit
+
+    audit.record(config, "verify", outcome="success" if report.ok else "failed", trigger=report.trigger,
+                 backup_id=report.backup_id, counts={"artifacts": len(report.artifacts)},
+                 duration_seconds=report.seconds, error=report.failure(),
+                 detail={"destination": report.destination, "restore_test": report.restore_requested})
     if args.json:
         print_json(report.as_json())
     else:
@@ -71,9 +77,13 @@ def _print(report: Any) -> None:
             out.write(f"  restore test on {test.server}:\n")
             for half in test.halves:
                 label = "schema.sql + data.sql via psql" if half.name == "sql" else "schema.sql + JSON export"
-                if half.ok:
+                if half.ok and not half.tables_checked:
+                    out.write(f"    ok     {half.name:<5} {label}: restored in {half.seconds:.1f}s "
+                              "(the reference the JSON chain is compared with)\n")
+                elif half.ok:
+                    against = "the manifest" if report.kind == "full" else "the SQL dump"
                     out.write(f"    ok     {half.name:<5} {label}: restored in {half.seconds:.1f}s, "
-                              f"{half.tables_checked} tables, {half.rows} rows match the manifest "
+                              f"{half.tables_checked} tables, {half.rows} rows match {against} "
                               "(rows and checksums)\n")
                 else:
                     for error in half.errors:
