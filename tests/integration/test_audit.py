@@ -116,3 +116,16 @@ def test_audit_table_name_is_an_identifier_not_sql(make_config, source_dsn, pg):
     config = make_config(audit={"table": 'logs"; DROP TABLE tasks; --'})
     assert run_cli("--config", str(config), "backup").returncode == 0
     assert pg.execute(source_dsn, "SELECT to_regclass('public.tasks') IS NOT NULL")[0][0] is True
+
+
+def test_verify_is_audited(make_config, source_dsn):
+    """`backupd verify latest` adds one `backupd.verify` row with the outcome and the backup id."""
+    config = make_config(audit={"table": "logs"})
+    assert run_cli("--config", str(config), "backup").returncode == 0
+    result = run_cli("--config", str(config), "verify", "latest")
+    assert result.returncode == 0, result.stderr
+    rows = _audit_rows(source_dsn, "backupd.verify")
+    assert len(rows) == 1
+    context = rows[0][5]
+    assert context["outcome"] == "success" and context["backup_id"]
+    assert context["backup_id"] == _audit_rows(source_dsn, "backupd.backup")[0][5]["backup_id"]

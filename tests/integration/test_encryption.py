@@ -279,3 +279,21 @@ def test_restore_command_decrypts_with_gpg_homedir_and_refuses_wrong_key(make_co
                        "--gpg-homedir", str(operator.home))
     assert restored.returncode == 0, restored.stderr
     _checksums_match(target, source_dsn, manifest)
+
+
+@pytest.mark.skipif(not _restore_command_exists(), reason="`backupd restore` is not registered yet")
+def test_restore_command_decrypts_age_with_identity(make_config, source_dsn, pg, tmp_path, age_identity):
+    """`backupd restore --sql --identity FILE` restores an age-encrypted backup; without an identity
+    it is refused naming the recipient, before the target is touched."""
+    identity, recipient = age_identity
+    config = make_config(pipeline={"age_recipients": [recipient]})
+    assert run_cli("--config", str(config), "backup").returncode == 0
+    manifest = Manifest.parse((_only_backup(tmp_path / "backups") / "manifest.json").read_bytes())
+    target = pg.fresh_db("noid", template=None)
+    refused = run_cli("--config", str(config), "restore", "latest", "--target", target, "--sql")
+    assert refused.returncode != 0 and recipient in refused.stderr
+    assert pg.execute(target, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")[0][0] == 0
+    restored = run_cli("--config", str(config), "restore", "latest", "--target", target, "--sql",
+                       "--identity", str(identity))
+    assert restored.returncode == 0, restored.stderr
+    _checksums_match(target, source_dsn, manifest)
