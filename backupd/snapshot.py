@@ -35,6 +35,17 @@ def _begin(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     conn.read_only = True
 
 
+RENDERING_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres",
+                      "extra_float_digits": "1"}
+
+
+def _pin_rendering(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Render values the same way whatever the server's or role's defaults: the export's text (and
+    so each table's checksum) must not depend on the session that produced it."""
+    for name, value in RENDERING_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
 class Snapshot:
     """The owning transaction; use as a context manager."""
 
@@ -47,6 +58,7 @@ class Snapshot:
             # A backup may take hours: no server-side timeout may end the owning transaction early.
             self.conn.execute("SET LOCAL statement_timeout = 0")
             self.conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+            _pin_rendering(self.conn)
             row = self.conn.execute(
                 "SELECT pg_export_snapshot(), current_setting('server_version'), "
                 "current_setting('server_version_num')::int, current_database(), transaction_timestamp()"
@@ -73,8 +85,9 @@ class Snapshot:
         conn = connect(self.dsn, timeout=self.timeout)
         try:
             _begin(conn)
-            conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute(f"SET TRANSACTION SNAPSHOT '{self.id}'")
+            conn.execute("SET LOCAL statement_timeout = 0")
+            _pin_rendering(conn)
         except psycopg.Error as exc:
             conn.close()
             raise SourceError(f"cannot import snapshot {self.id}: {one_line(exc)}") from None

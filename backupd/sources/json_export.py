@@ -54,7 +54,14 @@ def copy_json_lines(conn: psycopg.Connection[tuple[object, ...]], table: Table,
 
 
 def table_checksum(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> TableChecksum:
-    """Rows and checksum of a table as it is now (for verification after a restore)."""
+    """Rows and checksum of a table as it is now (for verification after a restore).
+
+    Renders values with the same session settings as a backup (UTC, ISO dates), for this session.
+    """
+    from backupd.snapshot import RENDERING_SETTINGS
+
+    for name, value in RENDERING_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
     checksum = TableChecksum()
     for lines in copy_json_lines(conn, table):
         checksum.add_lines(lines)
