@@ -275,6 +275,8 @@ class TargetTable:
     table: Table
     oid: int
     restore_columns: list[str] = field(default_factory=list)
+    # the target table is empty and one export holds it: rows go straight from the raw staging
+    direct: _CopySink | None = None
 
     @property
     def key(self) -> str:
@@ -562,6 +564,13 @@ class JsonRestore:
             raise RestoreError(f"{table.key} has no primary key: only --strategy replace can restore it")
         cols = ", ".join(quote_ident(c) for c in columns)
         typed = ", ".join(f"r.{quote_ident(c)}" for c in columns)
+        holders = [item for item in staged if table.key in item.tables or item.deleted.get(table.key)]
+        if len(holders) == 1 and not holders[0].deleted.get(table.key):
+            empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table.table.sql_name})").fetchone()
+            if empty and empty[0]:
+                # nothing to match against: skip the typed copy, insert straight from the raw rows
+                table.direct = holders[0].tables[table.key]
+                return
         name = self._staging_name(table)
         conn.execute(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {cols} FROM {table.table.sql_name} "
                      "WITH NO DATA")
@@ -620,10 +629,14 @@ class JsonRestore:
         conn.execute("DROP TABLE backupd_deleted_raw")
 
     def _staged_rows(self, conn: Conn, table: TargetTable) -> int:
+        if table.direct is not None:
+            return table.direct.rows
         row = conn.execute(f"SELECT count(*) FROM {self._staging_name(table)}").fetchone()
         return int(row[0]) if row else 0
 
     def _delete_missing(self, conn: Conn, table: TargetTable) -> int:
+        if table.direct is not None:
+            return 0  # the target table was empty
         pk = table.table.primary_key
         name = self._staging_name(table)
         if pk:
@@ -643,6 +656,21 @@ class JsonRestore:
         insert = (f"INSERT INTO {table.table.sql_name} AS t ({cols}) OVERRIDING SYSTEM VALUE "
                   f"SELECT {cols} FROM {name}")
         strategy = self.strategy
+        if table.direct is not None:
+            raw = table.direct.temp_name
+            typed = ", ".join(f"r.{quote_ident(c)}" for c in columns)
+            direct = (f"INSERT INTO {table.table.sql_name} ({cols}) OVERRIDING SYSTEM VALUE SELECT {typed} "
+                      f"FROM {raw} x, LATERAL json_populate_record(NULL::{table.table.sql_name}, x.line::json) r")
+            try:
+                cursor = conn.execute(direct)
+            except psycopg.errors.UniqueViolation as exc:
+                raise IntegrityError(f"the backup holds duplicate keys in {table.key}: {one_line(exc)}") from None
+            except psycopg.Error as exc:
+                raise RestoreError(f"restoring {table.key} failed, target unchanged: {one_line(exc)}"
+                                   + (f" ({_detail(exc)})" if _detail(exc) else "")) from None
+            counts.inserted = cursor.rowcount
+            conn.execute(f"DROP TABLE {raw}")
+            return
         if strategy == "merge" and "updated_at" not in columns:
             strategy = "upsert"
             counts.note = "no updated_at: restored as upsert"
@@ -671,6 +699,13 @@ class JsonRestore:
             hint = ("--strategy replace removes target-only rows first" if self.strategy != "replace" else None)
             raise RestoreError(f"restoring {table.key} failed, target unchanged: {one_line(exc)} "
                                f"({_detail(exc)})", hint) from None
+        except psycopg.errors.NotNullViolation as exc:
+            column = getattr(exc.diag, "column_name", None) or ""
+            hint = None
+            if column and column not in columns:
+                hint = (f"{table.key}.{column} is not in the backup (excluded at backup time?) and has no "
+                        "default in the target: give it a default, or restore into rows that already exist")
+            raise RestoreError(f"restoring {table.key} failed, target unchanged: {one_line(exc)}", hint) from None
         except psycopg.Error as exc:
             raise RestoreError(f"restoring {table.key} failed, target unchanged: {one_line(exc)}"
                                + (f" ({_detail(exc)})" if _detail(exc) else "")) from None

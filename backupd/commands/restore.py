@@ -142,28 +142,36 @@ def _progress() -> Any:
 
 
 class _TerminalProgress:
-    """Rows staged per table, then one line per restored table (rich, only on a terminal)."""
+    """One live line (the table being read, its rows so far), then a line per table read and per
+    table restored (rich, only on a terminal)."""
 
     def __init__(self) -> None:
         from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self.console = Console(stderr=True)
-        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), console=self.console,
-                            transient=True)
+        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                            console=self.console, transient=True)
         self.bar.start()
-        self.tasks: dict[str, Any] = {}
+        self.task = self.bar.add_task("verifying and reading the backup")
+        self.current: str | None = None
         self.rows: dict[str, int] = {}
 
+    def _close_current(self) -> None:
+        if self.current is not None:
+            self.console.print(f"read {self.current}: {self.rows[self.current]} rows")
+            self.current = None
+
     def staged(self, table: str, rows: int) -> None:
+        if table != self.current:
+            self._close_current()
+            self.current = table
         self.rows[table] = self.rows.get(table, 0) + rows
-        if table not in self.tasks:
-            self.tasks[table] = self.bar.add_task(table)
-        self.bar.update(self.tasks[table], description=f"reading {table}: {self.rows[table]} rows")
+        self.bar.update(self.task, description=f"reading {table}: {self.rows[table]} rows")
 
     def applied(self, table: str, counts: Any) -> None:
-        if table in self.tasks:
-            self.bar.remove_task(self.tasks.pop(table))
+        self._close_current()
+        self.bar.update(self.task, description="restoring")
         self.console.print(f"restored {table}: {counts.inserted} inserted, {counts.updated} updated, "
                            f"{counts.deleted} deleted, {counts.unchanged} unchanged")
 
