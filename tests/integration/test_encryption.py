@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -297,3 +298,49 @@ def test_restore_command_decrypts_age_with_identity(make_config, source_dsn, pg,
                        "--identity", str(identity))
     assert restored.returncode == 0, restored.stderr
     _checksums_match(target, source_dsn, manifest)
+
+
+def _processes_with(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(cmdline)
+    return found
+
+
+def test_fingerprint_from_operator_keyring_is_copied_in_public_only(make_config, tmp_path, gpg_keys):
+    """A fingerprint found only in $GNUPGHOME: its public key is copied into <state>/gnupg (never
+    its private key), the backup is encrypted to it, and no agent is left for either homedir."""
+    escrow = gpg_keys["escrow"]
+    config = make_config(pipeline={"encrypt_to": [escrow.fingerprint]})
+    result = run_cli("--config", str(config), "backup", env={"GNUPGHOME": str(escrow.home)})
+    assert result.returncode == 0, result.stderr
+    manifest = Manifest.parse((_only_backup(tmp_path / "backups") / "manifest.json").read_bytes())
+    assert manifest.encryption_recipients == [escrow.fingerprint]
+    state_home = tmp_path / "state" / "gnupg"
+    assert escrow.fingerprint in _gpg(state_home, "--with-colons", "--list-keys").decode()
+    assert not list(state_home.glob("private-keys-v1.d/*"))
+    assert _agents_for(state_home) == [] and _agents_for(escrow.home) == []
+
+
+def test_aborted_artifact_leaves_no_gpg_child(tmp_path, gpg_keys):
+    """A producer failing mid-artifact: abort() stops the gpg child and removes the partial file."""
+    from backupd.config import PipelineConfig
+    from backupd.crypto import build_encryptor
+    from backupd.pipeline import ArtifactWriter
+
+    encryptor = build_encryptor(PipelineConfig(encrypt_to=[str(gpg_keys["operator"].public)]), tmp_path / "st")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    writer = ArtifactWriter(staging, "data.sql", "sql", "zstd", 3, encryptor)
+    writer.write(os.urandom(1 << 20))
+    home = str(tmp_path / "st" / "gnupg")
+    assert [c for c in _processes_with(home) if "--encrypt" in c], "gpg runs while the artifact is open"
+    writer.abort()
+    assert not (staging / "data.sql.zst.gpg").exists()
+    assert [c for c in _processes_with(home) if "--encrypt" in c] == []
