@@ -314,7 +314,7 @@ class GitDestination:
         except OSError as exc:
             raise DestinationError(f"cannot create {self.path}: {exc.strerror or exc}") from None
         self._git("init", "-q", "-b", self.branch)
-        for key, value in (("gc.autoPackLimit", "4"), ("gc.auto", "1000"), ("core.compression", "6"),
+        for key, value in (("gc.autoPackLimit", "4"), ("core.compression", "6"),
                            ("pack.windowMemory", "256m"), ("gc.reflogExpire", "now"),
                            ("gc.reflogExpireUnreachable", "now")):
             self._git("config", key, value)
@@ -507,9 +507,16 @@ class GitDestination:
             self._git("reset", "-q", "--hard", self.ref)
 
     def _maintain(self) -> None:
-        """Pack the new loose objects; git's own gc --auto repacks all (with deltas) past 4 packs."""
-        self._git("repack", "-d", "-q")
-        self._git("gc", "--auto", "-q")
+        """Repack into one pack, so the new table files are stored as deltas of yesterday's
+        (existing deltas are reused: only the new objects are searched). A local bare remote is
+        repacked too: a push completes its thin pack with whole copies of the delta bases."""
+        self._git("repack", "-a", "-d", "-q")
+        self._git("prune-packed")
+        if self.remote and _is_local_path(self.remote) and Path(self.remote).is_dir():
+            try:
+                proc.run(["git", "--git-dir", self.remote, "repack", "-a", "-d", "-q"], env=self._env())
+            except CommandError as exc:
+                log.warning("git_remote_repack_failed", error=str(exc))
 
     def backups(self) -> list[Manifest]:
         found = []
