@@ -345,7 +345,7 @@ class GpgEncryptor:
 
 def _pyrage() -> Any:
     try:
-        import pyrage
+        import pyrage  # type: ignore[import-untyped]  # pyrage ships no type information
     except ImportError:
         raise ConfigError(["pipeline.age_recipients: the pyrage package is not installed"],
                           "pip install pyrage (or backupd[age])") from None
@@ -672,7 +672,7 @@ class GpgDecryptor:
         except BaseException:
             reader.close()
             raise
-        return io.BufferedReader(reader, COPY_BUFFER)  # type: ignore[return-value]
+        return io.BufferedReader(reader, COPY_BUFFER)
 
     def _refusal(self, exc: CommandError, recipients: list[str]) -> IntegrityError:
         tail = exc.stderr_tail
@@ -785,13 +785,13 @@ class AgeDecryptor:
             plain_in.close()  # the worker, if still writing, fails with EPIPE and ends
             worker.join(timeout=10)
 
-        reader = _PlaintextReader(plain_in, finish, cleanup)  # type: ignore[arg-type]
+        reader = _PlaintextReader(plain_in, finish, cleanup)
         try:
             reader.prefetch()
         except BaseException:
             reader.close()
             raise
-        return io.BufferedReader(reader, COPY_BUFFER)  # type: ignore[return-value]
+        return io.BufferedReader(reader, COPY_BUFFER)
 
 
 class BackupDecryptor:
