@@ -599,7 +599,7 @@ class GpgDecryptor:
 
     def _argv(self) -> list[str]:
         extra: list[str] = []
-        if not sys.stdin.isatty():
+        if sys.stdin is None or not sys.stdin.isatty():
             # no one could answer a passphrase prompt: fail at once instead of waiting for it
             extra = ["--pinentry-mode", "cancel"]
         return _gpg_argv(self.home, *extra, "--no-auto-key-locate", "--decrypt", "--output", "-")
