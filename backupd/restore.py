@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
@@ -277,6 +277,8 @@ class TargetTable:
     restore_columns: list[str] = field(default_factory=list)
     # the target table is empty and one export holds it: rows go straight from the raw staging
     direct: _CopySink | None = None
+    # a full backup into an empty table: rows were inserted while the export streamed
+    streamed: _DirectSink | None = None
 
     @property
     def key(self) -> str:
@@ -383,13 +385,72 @@ class _CopySink:
             pass
 
 
+class _DirectSink:
+    """Inserts a table's rows into the (empty) target table as they stream, a batch per statement."""
+
+    def __init__(self, conn: Conn, table: TargetTable, progress: Progress) -> None:
+        self.conn = conn
+        self.table = table
+        self.progress = progress
+        self.rows = 0
+        self.keys: list[str] = []
+        name = table.table.sql_name
+        cols = ", ".join(quote_ident(c) for c in table.restore_columns)
+        typed = ", ".join(f"r.{quote_ident(c)}" for c in table.restore_columns)
+        self.statement = (f"INSERT INTO {name} ({cols}) OVERRIDING SYSTEM VALUE SELECT {typed} "
+                          f"FROM json_populate_recordset(NULL::{name}, %s::json) r")
+
+    def write_rows(self, rows: list[str]) -> None:
+        try:
+            self.conn.execute(self.statement, ("[" + ",".join(rows) + "]",))
+        except psycopg.errors.NotNullViolation as exc:
+            raise RestoreError(f"restoring {self.table.key} failed, target unchanged: {one_line(exc)}",
+                               "a column the backup does not hold (excluded at backup time?) has no default "
+                               "in the target") from None
+        except psycopg.Error as exc:
+            raise RestoreError(f"restoring {self.table.key} failed, target unchanged: {one_line(exc)}"
+                               + (f" ({_detail(exc)})" if _detail(exc) else "")) from None
+        self.rows += len(rows)
+        self.progress.staged(self.table.key, len(rows))
+
+    def finish(self, keys: list[str]) -> None:
+        self.keys = keys
+
+    def abort(self, exc: BaseException) -> None:
+        """Nothing to end: each batch is one statement."""
+        return None
+
+
+def _drop_indexes(conn: Conn, table: TargetTable) -> list[str]:
+    """Drop the indexes of an empty table about to be bulk-loaded; returns the statements that
+    build them again (key and unique constraints first: foreign keys need them)."""
+    constraints = conn.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = %s "
+        "AND contype IN ('p', 'u', 'x') ORDER BY contype, conname", (table.oid,)).fetchall()
+    indexes = conn.execute(
+        """
+        SELECT i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid) FROM pg_index i
+        WHERE i.indrelid = %s AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid
+              AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x'))
+        ORDER BY 1
+        """, (table.oid,)).fetchall()
+    rebuild = []
+    for name, definition in constraints:
+        conn.execute(f"ALTER TABLE {table.table.sql_name} DROP CONSTRAINT {quote_ident(str(name))}")
+        rebuild.append(f"ALTER TABLE {table.table.sql_name} ADD CONSTRAINT {quote_ident(str(name))} {definition}")
+    for name, definition in indexes:
+        conn.execute(f"DROP INDEX {name}")
+        rebuild.append(str(definition))
+    return rebuild
+
+
 @dataclass
 class _Staged:
     """One export's staged rows per table."""
 
     input: ExportInput
     document: ExportDocument
-    tables: dict[str, _CopySink]
+    tables: dict[str, _CopySink | _DirectSink]
     deleted: dict[str, list[Any]]
 
 
@@ -441,25 +502,37 @@ class JsonRestore:
         schemas = self._schemas()
         target = _target_tables(conn, schemas)
         self._check_manifest_tables(target)
-        staged = [self._stage(conn, index, item, target) for index, item in enumerate(self.inputs)]
+        streamed = self._streaming_tables(conn, target)
+        prepared: tuple[list[ForeignKey], list[Trigger]] | None = None
+        rebuild: list[str] = []
+        if streamed:
+            # one full backup, empty target tables: rows go straight in while the export streams
+            # (still one transaction: a damaged artifact rolls everything back before COMMIT)
+            prepared = self._prepare(conn, self._manifest_tables(target))
+            for table in streamed:
+                rebuild += _drop_indexes(conn, table)
+        clock = time.monotonic()
+        staged = [self._stage(conn, index, item, target, {t.key: t for t in streamed})
+                  for index, item in enumerate(self.inputs)]
+        log.info("restore_staged", seconds=round(time.monotonic() - clock, 1))
         order = self._table_order(target, staged)
         wanted = [key for key in order if any(key in s.tables for s in staged)]
         if self.only:
             missing = [t for t in self.only if t not in wanted]
             if missing:
                 raise RestoreError(f"--tables: {', '.join(missing)} not in the backup")
+        clock = time.monotonic()
         for key in wanted:
-            self._type(conn, target[key], staged)
+            if target[key].streamed is None:
+                self._type(conn, target[key], staged)
+        log.info("restore_typed", seconds=round(time.monotonic() - clock, 1))
         restored = [target[key] for key in wanted]
         if not restored:
             raise RestoreError("nothing to restore: the export holds no table of the target")
-        oids = [t.oid for t in restored]
-        foreign_keys = _foreign_keys(conn, oids)
-        triggers = _triggers(conn, oids)
-        for trigger in triggers:
-            conn.execute(f"ALTER TABLE {trigger.table} DISABLE TRIGGER {quote_ident(trigger.name)}")
-        for fk in foreign_keys:
-            conn.execute(f"ALTER TABLE {fk.child} DROP CONSTRAINT {quote_ident(fk.name)}")
+        if prepared is None:
+            prepared = self._prepare(conn, restored)
+        foreign_keys, triggers = prepared
+        clock = time.monotonic()
         counts = {t.key: TableCounts(rows=self._staged_rows(conn, t)) for t in restored}
         if self.strategy == "replace":
             for table in reversed(restored):
@@ -468,12 +541,67 @@ class JsonRestore:
             self._apply(conn, table, counts[table.key])
             self.report.tables[table.key] = counts[table.key]
             self.progress.applied(table.key, counts[table.key])
+        log.info("restore_applied", seconds=round(time.monotonic() - clock, 1))
+        clock = time.monotonic()
+        for statement in rebuild:
+            try:
+                conn.execute(statement)
+            except psycopg.errors.UniqueViolation as exc:
+                raise IntegrityError(f"the backup holds duplicate keys: {one_line(exc)}") from None
+        log.info("restore_indexes_built", seconds=round(time.monotonic() - clock, 1))
+        clock = time.monotonic()
         self._add_foreign_keys(conn, foreign_keys, {t.oid for t in restored})
+        log.info("restore_constraints_checked", seconds=round(time.monotonic() - clock, 1))
         for trigger in triggers:
             action = {"A": "ENABLE ALWAYS", "R": "ENABLE REPLICA"}.get(trigger.enabled, "ENABLE")
             conn.execute(f"ALTER TABLE {trigger.table} {action} TRIGGER {quote_ident(trigger.name)}")
         for table in restored:
             self._advance_sequences(conn, table)
+
+    def _prepare(self, conn: Conn, tables: list[TargetTable]) -> tuple[list[ForeignKey], list[Trigger]]:
+        """Disable the user triggers of `tables` and drop every foreign key touching them."""
+        oids = [t.oid for t in tables]
+        foreign_keys = _foreign_keys(conn, oids)
+        triggers = _triggers(conn, oids)
+        for trigger in triggers:
+            conn.execute(f"ALTER TABLE {trigger.table} DISABLE TRIGGER {quote_ident(trigger.name)}")
+        for fk in foreign_keys:
+            conn.execute(f"ALTER TABLE {fk.child} DROP CONSTRAINT {quote_ident(fk.name)}")
+        return foreign_keys, triggers
+
+    def _manifest_tables(self, target: dict[str, TargetTable]) -> list[TargetTable]:
+        manifest = self.inputs[0].manifest
+        assert manifest is not None
+        return [target[k] for k in self._table_order(target, [])
+                if k in manifest.tables and (self.only is None or k in self.only)]
+
+    def _streaming_tables(self, conn: Conn, target: dict[str, TargetTable]) -> list[TargetTable]:
+        """Tables whose rows can go straight into the target: one full backup with a manifest,
+        and the target table empty."""
+        if len(self.inputs) != 1 or self.inputs[0].manifest is None or self.inputs[0].manifest.kind != "full":
+            return []
+        manifest = self.inputs[0].manifest
+        streamed = []
+        for table in self._manifest_tables(target):
+            entry = manifest.tables[table.key]
+            pk = table.table.primary_key
+            columns = [c for c in table.table.columns
+                       if c not in table.table.generated_columns and c in entry.columns]
+            if not entry.columns or not pk or not all(c in columns for c in pk):
+                continue  # the staged path explains what is wrong
+            empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table.table.sql_name})").fetchone()
+            if not (empty and empty[0]):
+                continue
+            self._note_ignored(table, entry.columns)
+            table.restore_columns = columns
+            streamed.append(table)
+        return streamed
+
+    def _note_ignored(self, table: TargetTable, backup_columns: Iterable[str]) -> None:
+        ignored = [c for c in backup_columns if c not in table.table.columns]
+        if ignored:
+            self.report.notes.append(f"{table.key}: column(s) {', '.join(ignored)} of the backup are not "
+                                     "in the target: not restored")
 
     def _schemas(self) -> list[str]:
         schemas: list[str] = []
@@ -493,8 +621,9 @@ class JsonRestore:
                     f"the target has no table {', '.join(missing)} (backup {item.manifest.id} has it)",
                     "create the schema first (restore --sql into an empty database, or load schema.sql)")
 
-    def _stage(self, conn: Conn, index: int, item: ExportInput, target: dict[str, TargetTable]) -> _Staged:
-        sinks: dict[str, _CopySink] = {}
+    def _stage(self, conn: Conn, index: int, item: ExportInput, target: dict[str, TargetTable],
+               streamed: dict[str, TargetTable]) -> _Staged:
+        sinks: dict[str, _CopySink | _DirectSink] = {}
         unknown: list[str] = []
 
         def handler(key: str) -> RowSink | None:
@@ -505,7 +634,12 @@ class JsonRestore:
                 return None
             if key in sinks:
                 raise IntegrityError(f"{item.label}: table {key!r} appears twice in the export")
-            sinks[key] = _CopySink(conn, f"backupd_raw_{index}_{len(sinks)}", key, self.progress)
+            if key in streamed:
+                direct = _DirectSink(conn, streamed[key], self.progress)
+                streamed[key].streamed = direct
+                sinks[key] = direct
+            else:
+                sinks[key] = _CopySink(conn, f"backupd_raw_{index}_{len(sinks)}", key, self.progress)
             return sinks[key]
 
         log.info("restore_staging", source=item.label)
@@ -551,10 +685,7 @@ class JsonRestore:
                 backup_columns.update(dict.fromkeys(item.tables[table.key].keys))
         target_columns = [c for c in table.table.columns if c not in table.table.generated_columns]
         columns = [c for c in target_columns if c in backup_columns]
-        ignored = [c for c in backup_columns if c not in table.table.columns]
-        if ignored:
-            self.report.notes.append(f"{table.key}: column(s) {', '.join(ignored)} of the backup are not "
-                                     "in the target: not restored")
+        self._note_ignored(table, backup_columns)
         table.restore_columns = columns
         pk = table.table.primary_key
         if pk and not all(c in columns for c in pk):
@@ -569,14 +700,17 @@ class JsonRestore:
             empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table.table.sql_name})").fetchone()
             if empty and empty[0]:
                 # nothing to match against: skip the typed copy, insert straight from the raw rows
-                table.direct = holders[0].tables[table.key]
+                holder = holders[0].tables[table.key]
+                assert isinstance(holder, _CopySink)
+                table.direct = holder
                 return
         name = self._staging_name(table)
         conn.execute(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {cols} FROM {table.table.sql_name} "
                      "WITH NO DATA")
         pk_cols = ", ".join(quote_ident(c) for c in pk)
         for step, item in enumerate(staged):
-            sink = item.tables.get(table.key)
+            found = item.tables.get(table.key)
+            sink = found if isinstance(found, _CopySink) else None
             deleted = item.deleted.get(table.key) or []
             if step > 0 and pk and (sink is not None or deleted):
                 if deleted:
@@ -629,12 +763,16 @@ class JsonRestore:
         conn.execute("DROP TABLE backupd_deleted_raw")
 
     def _staged_rows(self, conn: Conn, table: TargetTable) -> int:
+        if table.streamed is not None:
+            return table.streamed.rows
         if table.direct is not None:
             return table.direct.rows
         row = conn.execute(f"SELECT count(*) FROM {self._staging_name(table)}").fetchone()
         return int(row[0]) if row else 0
 
     def _delete_missing(self, conn: Conn, table: TargetTable) -> int:
+        if table.streamed is not None:
+            return 0  # the target table was empty
         if table.direct is not None:
             return 0  # the target table was empty
         pk = table.table.primary_key
@@ -656,6 +794,9 @@ class JsonRestore:
         insert = (f"INSERT INTO {table.table.sql_name} AS t ({cols}) OVERRIDING SYSTEM VALUE "
                   f"SELECT {cols} FROM {name}")
         strategy = self.strategy
+        if table.streamed is not None:
+            counts.inserted = table.streamed.rows
+            return
         if table.direct is not None:
             raw = table.direct.temp_name
             typed = ", ".join(f"r.{quote_ident(c)}" for c in columns)
