@@ -59,8 +59,8 @@ def _database(config: Config, found: dict[str, Any]) -> str:
 
 
 def _pg_dump(config: Config, found: dict[str, Any]) -> str:
-    from backupd.pgtools import pick
     from backupd.errors import SourceError
+    from backupd.pgtools import pick
 
     if "server_version_num" not in found:
         raise SourceError("skipped: the database is not reachable, so the server's version is unknown")

@@ -49,7 +49,7 @@ from backupd import proc
 from backupd.config import GitDestinationConfig
 from backupd.destinations.base import StagedBackup
 from backupd.errors import CommandError, DestinationError, IntegrityError, NotFound
-from backupd.manifest import MANIFEST_NAME, ArtifactEntry, Manifest, is_backup_id
+from backupd.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from backupd.pipeline import open_decoded
 from backupd.sources.json_export import JsonDocumentWriter
 
@@ -152,8 +152,7 @@ class SortedTableWriter:
         self.batch.sort(key=self.key)
         run = self.folder / f"run-{len(self.runs)}"
         with open(run, "wb") as out:
-            for line in self.batch:
-                out.write(line + b"\n")
+            out.writelines(line + b"\n" for line in self.batch)
         self.runs.append(run)
         self.batch, self.batch_bytes = [], 0
 
@@ -211,7 +210,7 @@ def table_file(key: str) -> str:
 def assemble_export(out: IO[bytes], header: dict[str, Any], open_table: Any) -> None:
     """Write the JSON v2.0 document from the header file's fields and each table's row file."""
     exported_at = datetime.fromisoformat(str(header["exportedAt"]).replace("Z", "+00:00"))
-    writer = JsonDocumentWriter(out, list(header["tables"]), exported_at,  # type: ignore[arg-type]
+    writer = JsonDocumentWriter(out, list(header["tables"]), exported_at,
                                 bool(header.get("incremental")), header.get("since"))
     for key in header["tables"]:
         with open_table(table_file(key)) as stream:
@@ -464,7 +463,7 @@ class GitDestination:
 
         with open(backup.folder / export.name, "rb") as raw, \
                 open_decoded(raw, export, f"staging/{export.name}") as plain:
-            for event, value in read_export(plain):  # type: ignore[arg-type]
+            for event, value in read_export(plain):
                 if event == "row":
                     assert writer is not None
                     writer.add(value)
@@ -537,7 +536,7 @@ class GitDestination:
         where = f"{self.name}:{backup_id}/{artifact}"
         if artifact in (SCHEMA_NAME, MANIFEST_NAME, HEADER_NAME):
             self._blob_exists(f"{commit}:{artifact}")
-            return io.BufferedReader(_ChildReader(self._open_blob(f"{commit}:{artifact}")), 1 << 20)  # type: ignore[return-value]
+            return io.BufferedReader(_ChildReader(self._open_blob(f"{commit}:{artifact}")), 1 << 20)
         if artifact != EXPORT_NAME:
             raise NotFound(f"{where}: git keeps only {SCHEMA_NAME} and {EXPORT_NAME} "
                            "(no data.sql: the table files are the data)")

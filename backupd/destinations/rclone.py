@@ -170,7 +170,7 @@ class RcloneStore:
             stack.close()
             raise _error(exc, "cat", where) from None
         reader = io.BufferedReader(_ProcessReader(stack, process, where, self.timeout), _COPY_BUFFER)
-        return reader  # type: ignore[return-value]
+        return reader
 
     def _lsjson(self, key: str, recursive: bool) -> list[ObjectInfo]:
         """Files at `key` (a folder, or the folder of a file), keys relative to that folder."""

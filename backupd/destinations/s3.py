@@ -19,11 +19,11 @@ import io
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
-import boto3
+import boto3  # type: ignore[import-untyped]  # boto3 ships no type stubs
 import structlog
-from boto3.s3.transfer import TransferConfig
-from botocore.client import Config as BotoConfig
-from botocore.exceptions import (
+from boto3.s3.transfer import TransferConfig  # type: ignore[import-untyped]
+from botocore.client import Config as BotoConfig  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
     BotoCoreError,
     ClientError,
     ConnectionClosedError,
@@ -231,7 +231,7 @@ class S3Store:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         except (ClientError, BotoCoreError, ConnectionError, TimeoutError) as exc:
             raise s3_error(exc, "download", self._where(key)) from None
-        return io.BufferedReader(_BodyReader(response["Body"], self._where(key)), 1 << 20)  # type: ignore[return-value]
+        return io.BufferedReader(_BodyReader(response["Body"], self._where(key)), 1 << 20)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         try:

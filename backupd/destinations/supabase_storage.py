@@ -143,7 +143,7 @@ class SupabaseStore:
             finally:
                 response.close()
             raise _status_error(status, code, message, "download", self._where(key))
-        return io.BufferedReader(_ResponseReader(response, self._where(key)), _CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(_ResponseReader(response, self._where(key)), _CHUNK)
 
     def _list_folder(self, folder: str) -> Iterator[ObjectInfo]:
         """Every object under `folder`, recursively (storage lists one level per call)."""

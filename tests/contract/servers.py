@@ -170,7 +170,7 @@ class FakeSupabaseStorage:
                     return None
                 return bucket, path
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 fake.requests.append(("POST", self.path))
                 if not self._authorised():
                     return
@@ -210,7 +210,7 @@ class FakeSupabaseStorage:
                 target.write_bytes(content)
                 self._reply(200, {"Key": f"{bucket}/{target.relative_to(fake.root / bucket)}"})
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path))
                 if not self._authorised():
                     return
@@ -224,18 +224,18 @@ class FakeSupabaseStorage:
                     return
                 self._reply(200, None, raw=target.read_bytes())
 
-            def do_DELETE(self) -> None:  # noqa: N802
+            def do_DELETE(self) -> None:
                 fake.requests.append(("DELETE", self.path))
                 if not self._authorised():
                     return
                 bucket = urlsplit(self.path).path[len("/storage/v1/object/"):]
                 body = json.loads(self._body() or b"{}")
                 removed = []
-                for key in body.get("prefixes", []):
-                    target = fake.root / bucket / key
+                for name in body.get("prefixes", []):
+                    target = fake.root / bucket / name
                     if target.is_file():
                         target.unlink()
-                        removed.append({"name": key})
+                        removed.append({"name": name})
                         parent = target.parent
                         while parent != fake.root / bucket and not any(parent.iterdir()):
                             parent.rmdir()

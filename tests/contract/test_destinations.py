@@ -81,7 +81,7 @@ def test_remove_and_retention_keep_newest(kind, make_destination, staged_backup)
     for backup_id in IDS:
         destination.store(staged_as(staged_backup, backup_id))
     assert [m.id for m in destination.backups()] == IDS
-    keep, removed = apply_retention(destination, Retention(keep_last=2), datetime(2026, 1, 4, tzinfo=UTC))
+    _keep, removed = apply_retention(destination, Retention(keep_last=2), datetime(2026, 1, 4, tzinfo=UTC))
     assert removed == [IDS[0]]
     assert [m.id for m in destination.backups()] == IDS[1:]
     with pytest.raises(NotFound):
