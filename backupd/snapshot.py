@@ -102,10 +102,14 @@ class Snapshot:
 
     def close(self) -> None:
         """End the transaction (rolled back: it only read) and the connection."""
-        try:
-            self.conn.rollback()
-        except psycopg.Error:
-            pass
+        # A COPY whose reader stopped half-way (its consumer failed: disk full, a signal) still
+        # holds the connection's lock, and rollback() would wait for it forever. Closing the
+        # connection ends the read-only transaction on the server just as well.
+        if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+            try:
+                self.conn.rollback()
+            except psycopg.Error:
+                pass
         self.conn.close()
 
     def __enter__(self) -> Snapshot:
