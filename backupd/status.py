@@ -22,6 +22,15 @@ STATUS_NAME = "status.json"
 HISTORY_NAME = "history.jsonl"
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of `data` to `fd`; raises OSError (ENOSPC...) if the disk takes only part.
+
+    A single os.write on a nearly full disk writes what fits and returns the short count."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Temp file, fsync, rename, fsync the directory: readers see the old or the new file, never half."""
     temp = path.with_name(f".{path.name}.tmp")
@@ -29,7 +38,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
-            os.write(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -89,9 +98,13 @@ class StatusStore:
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.history_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            end = os.fstat(fd).st_size
             try:
-                os.write(fd, line)
+                write_all(fd, line)
                 os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, end)  # no half line may stay for the next run's line to run into
+                raise
             finally:
                 os.close(fd)
         except OSError as exc:
