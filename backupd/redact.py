@@ -17,7 +17,10 @@ _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 
 # scheme://user:password@host  ->  scheme://user:***@host
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@\s]+)(?P<tail>@)")
+# (every part is bounded: unbounded, a long run of letters costs quadratic time to scan; a
+# registered secret is masked above whatever its length)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^:/@\s]{0,256}:)(?P<pw>[^@\s]{1,1024})(?P<tail>@)")
 # password=secret (libpq key/value), PGPASSWORD=..., token=..., key=...
 _KV_SECRET = re.compile(
     r"(?P<head>\b(?:password|passwd|pgpassword|token|secret|api_key|apikey|access_key|secret_access_key)"
