@@ -466,3 +466,23 @@ def test_sql_dump_of_a_newer_pg_dump_restores_into_an_older_server(make_config, 
     assert result.returncode == 0, result.stderr
     manifest = _manifest(backup)
     assert table_checksums(target, manifest["tables"]) == table_checksums(source_dsn, manifest["tables"])
+
+
+def test_tampered_export_into_empty_tables_leaves_them_empty(make_config, pg, tmp_path):
+    """Into empty tables rows stream straight in; a sha256 mismatch found at the end of the stream
+    still rolls everything back: the target stays empty, its indexes and foreign keys intact."""
+    config = make_config()
+    backup = _backup(config, tmp_path / "backups")
+    export = backup / "export.json.zst"
+    data = bytearray(export.read_bytes())
+    data[-3] ^= 0x01  # the zstd frame's last bytes: every row decodes, the sha256 does not match
+    export.write_bytes(bytes(data))
+    target = _schema_only_db(pg)
+    shape = "SELECT (SELECT count(*) FROM pg_indexes WHERE schemaname = 'public'), " \
+            "(SELECT count(*) FROM pg_constraint WHERE contype = 'f')"
+    before = pg.execute(target, shape)
+    result = _restore(config, "latest", "--target", target, "--strategy", "replace", "--yes")
+    assert result.returncode == 1
+    assert any(e in _error_lines(result)[0] for e in ("sha256 mismatch", "corrupt zstd data"))
+    assert sum(rows for rows, _ in table_checksums(target).values()) == 0
+    assert pg.execute(target, shape) == before
