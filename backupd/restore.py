@@ -418,7 +418,7 @@ class _DirectSink:
 
     def abort(self, exc: BaseException) -> None:
         """Nothing to end: each batch is one statement."""
-        return None
+        return
 
 
 def _drop_indexes(conn: Conn, table: TargetTable) -> list[str]:

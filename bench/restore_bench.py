@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backupd.localpg import LocalPostgres  # noqa: E402
-from tests.conftest import table_checksums, write_config  # noqa: E402
+from backupd.localpg import LocalPostgres
+from tests.conftest import table_checksums, write_config
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
