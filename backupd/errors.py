@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class BackupdError(Exception):
     """An error an operator can act on: a one-line message plus an optional hint.
@@ -43,7 +45,10 @@ class CommandError(BackupdError):
     """A subprocess (pg_dump, psql, gpg, git, rclone, ...) failed; the message carries its stderr tail."""
 
     def __init__(self, argv0: str, returncode: int, stderr_tail: str, hint: str | None = None) -> None:
-        detail = stderr_tail.strip().splitlines()[-1] if stderr_tail.strip() else "no error output"
+        lines = [line.strip() for line in stderr_tail.strip().splitlines() if line.strip()]
+        # the last line saying what went wrong, not the detail/hint/"Query was:" lines after it
+        errors = [line for line in lines if re.search(r"\b(error|fatal|panic)\b", line, re.IGNORECASE)]
+        detail = (errors or lines or ["no error output"])[-1]
         super().__init__(f"{argv0} exited with code {returncode}: {detail}", hint)
         self.argv0 = argv0
         self.returncode = returncode
