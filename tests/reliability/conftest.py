@@ -51,10 +51,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def listed_ids(config: Path) -> dict[str, list[str]]:
-    """Per destination, the ids `backupd list` shows (the same Destination.backups() it calls)."""
+def listed_ids(config: Path, *names: str) -> dict[str, list[str]]:
+    """Per destination (all, or those named), the ids `backupd list` shows (the same
+    Destination.backups() it calls)."""
     loaded = load_config(config)
-    return {d.name: [m.id for m in build(d).backups()] for d in loaded.destinations}
+    return {d.name: [m.id for m in build(d).backups()] for d in loaded.destinations if not names or d.name in names}
 
 
 def check_local_backup(folder: Path) -> Manifest:
