@@ -40,7 +40,7 @@ class LineSplitter:
     def __init__(self) -> None:
         self._rest = b""
 
-    def feed(self, chunk: bytes | memoryview) -> list[bytes]:
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[bytes]:
         """Complete lines in `chunk` (plus what was pending), without newlines."""
         data = self._rest + bytes(chunk) if self._rest else bytes(chunk)
         lines = data.split(b"\n")

@@ -739,7 +739,7 @@ def apply_env_overrides(raw: dict[str, Any], environ: dict[str, str] | os._Envir
     A value that parses as a JSON array or object is used as such; any other value is a string that
     the models coerce (`true`, `5`, `48h`).
     """
-    result = json.loads(json.dumps(raw))
+    result: dict[str, Any] = json.loads(json.dumps(raw))
     for name, value in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or "__" not in name or name == "BACKUPD_CONFIG":
             continue

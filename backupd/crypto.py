@@ -239,7 +239,7 @@ class _GpgEncryptingSink:
             self._pump_error = exc
             self._process.kill()  # unblocks a writer waiting on a full pipe
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             self._process.stdin.write(data)
         except (BrokenPipeError, ValueError, OSError):
@@ -430,7 +430,7 @@ class _AgeEncryptingSink:
         finally:
             self._reader.close()  # a writer blocked on a full pipe gets EPIPE
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             self._writer.write(data)
         except (BrokenPipeError, OSError, ValueError):

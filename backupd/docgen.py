@@ -112,7 +112,7 @@ def render() -> str:
             out.append(f"## `[[{name}]]`\n")
             out.append((field.description or "").capitalize() + ". One table per entry; `type` chooses the kind.\n")
             members = _union_members(get_args(annotation)[0])
-            base = members[0].__mro__[1]
+            base: type[BaseModel] = members[0].__mro__[1]  # the shared base model of the union
             out.append(f"Keys every entry has ({base.__doc__.strip() if base.__doc__ else ''}):\n")
             out += _table(base) + [""]
             for member in members:

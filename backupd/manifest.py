@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from backupd.errors import IntegrityError
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "backupd-manifest"
+MANIFEST_FORMAT: Literal["backupd-manifest"] = "backupd-manifest"
 MANIFEST_VERSION = 1
 SUPPORTED_MANIFEST_VERSIONS = {1}
 ID_FORMAT = "%Y%m%dT%H%M%SZ"

@@ -29,7 +29,7 @@ COPY_BUFFER = 1 << 20
 class Sink(Protocol):
     """Where a stage writes: bytes in, `close()` flushes everything downstream."""
 
-    def write(self, data: bytes | memoryview) -> int: ...
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
     def close(self) -> None: ...
 
 
@@ -65,7 +65,7 @@ class HashingFileSink:
         self.sha256 = hashlib.sha256()
         self.bytes = 0
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             self._file.write(data)
         except OSError as exc:
@@ -106,7 +106,7 @@ class ZstdSink:
         # gets back to reading the database sooner; the output is the same single frame format.
         self._compressor = zstandard.ZstdCompressor(level=level, threads=1).compressobj(size=-1)
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         out = self._compressor.compress(data)
         if out:
             self._downstream.write(out)
@@ -124,7 +124,7 @@ class GzipSink:
         self._downstream = downstream
         self._compressor = zlib.compressobj(min(max(level, 1), 9), zlib.DEFLATED, 31)
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         out = self._compressor.compress(data)
         if out:
             self._downstream.write(out)
@@ -163,7 +163,7 @@ class ArtifactWriter:
         self._head = sink
         self.plain_bytes = 0
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         """Add plain bytes to the artifact."""
         self.plain_bytes += len(data)
         return self._head.write(data)
@@ -323,9 +323,9 @@ class _GzipReader(io.RawIOBase):
 def decompress_stream(raw: BinaryIO, compression: str, where: str) -> BinaryIO:
     """A plain-bytes reader over a compressed stream; truncation and corruption raise IntegrityError."""
     if compression == "zstd":
-        return io.BufferedReader(_ZstdReader(raw, where), COPY_BUFFER)  # type: ignore[arg-type]
+        return io.BufferedReader(_ZstdReader(raw, where), COPY_BUFFER)
     if compression == "gzip":
-        return io.BufferedReader(_GzipReader(raw, where), COPY_BUFFER)  # type: ignore[arg-type]
+        return io.BufferedReader(_GzipReader(raw, where), COPY_BUFFER)
     if compression == "none":
         return raw
     raise IntegrityError(f"{where}: unknown compression {compression!r}")
@@ -339,7 +339,7 @@ def open_decoded(
     recipients: list[str] | None = None,
 ) -> BinaryIO:
     """Plain bytes of a stored artifact, its size and sha256 checked as it streams."""
-    stream: BinaryIO = io.BufferedReader(VerifyingReader(raw, entry, where), COPY_BUFFER)  # type: ignore[arg-type]
+    stream: BinaryIO = io.BufferedReader(VerifyingReader(raw, entry, where), COPY_BUFFER)
     if entry.encryption != "none":
         if decryptor is None:
             from backupd.crypto import default_decryptor

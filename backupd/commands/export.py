@@ -42,7 +42,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 class _StdoutSink:
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         sys.stdout.buffer.write(data)
         return len(data)
 
@@ -61,7 +61,7 @@ class _FileSink:
         except OSError as exc:
             raise StorageFull(f"cannot write {path}: {exc.strerror or exc}") from None
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
             return self._file.write(data)
         except OSError as exc:

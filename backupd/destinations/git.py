@@ -223,7 +223,7 @@ class _HashingSink:
         self.sha256 = hashlib.sha256()
         self.bytes = 0
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         self.sha256.update(data)
         self.bytes += len(data)
         return len(data)

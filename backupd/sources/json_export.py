@@ -33,7 +33,7 @@ EXPORT_VERSION = "2.0"
 class Writable(Protocol):
     """Anything bytes can be written to."""
 
-    def write(self, data: bytes | memoryview) -> int: ...
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
 
 
 def copy_json_lines(conn: psycopg.Connection[tuple[object, ...]], table: Table,

@@ -425,8 +425,8 @@ class SupabaseCliSource(PgDumpSource):
         if self.source.include_tables:
             argv += [arg for t in self.tables for arg in ("--table", _pattern(t.schema, t.name))]
         for pattern in self.source.exclude_tables:
-            schema, _, table = pattern.rpartition(".")
-            argv += ["--exclude-table", _pattern(schema or "public", table)]
+            schema, _, table_name = pattern.rpartition(".")
+            argv += ["--exclude-table", _pattern(schema or "public", table_name)]
         if kind == "data":
             for table in self.tables:
                 if table.excluded_columns:
