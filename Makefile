@@ -32,8 +32,7 @@ docs: venv
 	$(BIN)/python -m backupd.docgen > docs/configuration.md
 
 lint: venv
-	$(BIN)/ruff check backupd tests || true
-	$(BIN)/mypy backupd || true
+	$(BIN)/mypy backupd
 
 clean:
 	rm -rf .demo build dist *.egg-info
