@@ -56,6 +56,8 @@ class ExportDocument:
     record_count: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, list[Any]] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
+    # tables some of whose rows were not passed on byte for byte (raw newlines made spaces)
+    altered: set[str] = field(default_factory=set)
 
 
 TableHandler = Callable[[str], "RowSink | None"]
@@ -251,6 +253,7 @@ class ExportReader:
                 text = self._buf[start:end]
                 if "\n" in text or "\r" in text:
                     text = text.replace("\n", " ").replace("\r", " ")
+                    self.document.altered.add(table)
                 batch.append(text)
                 count += 1
                 if len(batch) >= BATCH_ROWS:

@@ -6,7 +6,10 @@ Order of work, all inside one transaction on the target:
 1. Stage. Every export of the chain is streamed (sha256 and size checked as it streams, decrypted,
    decompressed) into temporary tables, one JSON row per line, through COPY. The stream is read to
    its end, so a tampered, truncated or undecryptable artifact, or an unknown export version, is
-   refused here, before any target table is touched.
+   refused here; so are rows whose count or content checksum differs from the manifest's
+   per-table entry (rows changed behind a re-made sha256). A full backup restored into empty
+   tables streams its rows straight into them instead (same checks, same transaction: nothing is
+   committed before the last byte was verified).
 2. Type. Rows become typed temporary tables (`json_populate_record` over the target's own row
    type: PostgreSQL parses every value, so numerics, intervals, bytea and arrays restore exactly).
    The chain is folded here: each incremental's rows replace the staged rows with the same
@@ -55,6 +58,7 @@ import structlog
 from psycopg import sql
 
 from backupd.catalog import Table, discover
+from backupd.checksum import TableChecksum
 from backupd.db import connect, describe, one_line, quote_ident
 from backupd.destinations.base import Destination
 from backupd.errors import BackupdError, IntegrityError, NotFound, UsageError
@@ -66,6 +70,7 @@ log = structlog.get_logger("backupd.restore")
 
 Strategy = Literal["upsert", "replace", "merge"]
 STRATEGIES: tuple[Strategy, ...] = ("upsert", "replace", "merge")
+CHECKSUM_PREFIX = "b2sum64:"
 COPY_LINES = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
 
 
@@ -360,11 +365,14 @@ class _CopySink:
         self.progress = progress
         self.rows = 0
         self.keys: list[str] = []
+        self.checksum: TableChecksum | None = None
         conn.execute(f"CREATE TEMP TABLE {temp_name} (line text) ON COMMIT DROP")
         self._cm = conn.cursor().copy(f"COPY {temp_name} (line) FROM STDIN {COPY_LINES}")
         self._copy = self._cm.__enter__()
 
     def write_rows(self, rows: list[str]) -> None:
+        if self.checksum is not None:
+            self.checksum.add_lines([row.encode() for row in rows])
         self._copy.write(("\n".join(rows) + "\n").encode())
         self.rows += len(rows)
         self.progress.staged(self.table, len(rows))
@@ -394,6 +402,7 @@ class _DirectSink:
         self.progress = progress
         self.rows = 0
         self.keys: list[str] = []
+        self.checksum: TableChecksum | None = None
         name = table.table.sql_name
         cols = ", ".join(quote_ident(c) for c in table.restore_columns)
         typed = ", ".join(f"r.{quote_ident(c)}" for c in table.restore_columns)
@@ -401,6 +410,8 @@ class _DirectSink:
                           f"FROM json_populate_recordset(NULL::{name}, %s::json) r")
 
     def write_rows(self, rows: list[str]) -> None:
+        if self.checksum is not None:
+            self.checksum.add_lines([row.encode() for row in rows])
         try:
             self.conn.execute(self.statement, ("[" + ",".join(rows) + "]",))
         except psycopg.errors.NotNullViolation as exc:
@@ -640,6 +651,9 @@ class JsonRestore:
                 sinks[key] = direct
             else:
                 sinks[key] = _CopySink(conn, f"backupd_raw_{index}_{len(sinks)}", key, self.progress)
+            entry = item.manifest.tables.get(key) if item.manifest is not None else None
+            if entry is not None and entry.checksum.startswith(CHECKSUM_PREFIX):
+                sinks[key].checksum = TableChecksum()
             return sinks[key]
 
         log.info("restore_staging", source=item.label)
@@ -658,6 +672,11 @@ class JsonRestore:
                 entry = item.manifest.tables.get(key)
                 if entry is not None and entry.rows != sink.rows:
                     raise IntegrityError(f"{item.label}: {key} has {sink.rows} rows, the manifest says {entry.rows}")
+                checksum = sink.checksum
+                if (entry is not None and checksum is not None and key not in document.altered
+                        and checksum.hexdigest != entry.checksum):
+                    raise IntegrityError(f"{item.label}: the rows of {key} do not match the manifest's checksum "
+                                         "(changed after the backup was made)")
         for key, count in document.record_count.items():
             if key in sinks and count != sinks[key].rows:
                 raise IntegrityError(f"{item.label}: {key} has {sinks[key].rows} rows, recordCount says {count}")

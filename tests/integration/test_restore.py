@@ -305,6 +305,15 @@ def test_tables_limits_the_restore_and_refuses_dangling_references(make_config, 
     assert unknown.returncode == 1 and "nope" in _error_lines(unknown)[0]
 
 
+def _checksum(rows: list[dict[str, Any]]) -> str:
+    """The manifest's per-table checksum of rows as json.dumps writes them."""
+    from backupd.checksum import TableChecksum
+
+    checksum = TableChecksum()
+    checksum.add_lines([json.dumps(row).encode() for row in rows])
+    return checksum.hexdigest
+
+
 def _write_incremental(backups: Path, full: Path, backup_id: str, rows: dict[str, list[dict[str, Any]]],
                        deleted: dict[str, list[Any]]) -> None:
     """An incremental backup as defined in backupd.restore: manifest kind/base, export with
@@ -318,7 +327,7 @@ def _write_incremental(backups: Path, full: Path, backup_id: str, rows: dict[str
     data = zstandard.ZstdCompressor().compress(json.dumps(document).encode())
     (folder / "export.json.zst").write_bytes(data)
     manifest = dict(base, id=backup_id, kind="incremental", base=full.name,
-                    tables={k: dict(base["tables"][k], rows=len(v)) for k, v in rows.items()},
+                    tables={k: dict(base["tables"][k], rows=len(v), checksum=_checksum(v)) for k, v in rows.items()},
                     artifacts=[{"name": "export.json.zst", "bytes": len(data),
                                 "sha256": hashlib.sha256(data).hexdigest(), "compression": "zstd",
                                 "encryption": "none", "content": "export"}])
@@ -486,3 +495,19 @@ def test_tampered_export_into_empty_tables_leaves_them_empty(make_config, pg, tm
     assert any(e in _error_lines(result)[0] for e in ("sha256 mismatch", "corrupt zstd data"))
     assert sum(rows for rows, _ in table_checksums(target).values()) == 0
     assert pg.execute(target, shape) == before
+
+
+def test_rows_changed_behind_a_remade_sha256_are_refused(make_config, pg, tmp_path):
+    """The artifact's sha256 re-made after editing a row: the manifest's per-table content
+    checksum still catches it, before anything is committed."""
+    config = make_config()
+    backup = _backup(config, tmp_path / "backups")
+    raw = zstandard.ZstdDecompressor().decompressobj().decompress((backup / "export.json.zst").read_bytes())
+    edited = raw.replace(b'"role":"owner"', b'"role":"admin"', 1)
+    assert edited != raw
+    _rewrite_artifact(backup, "export.json.zst", zstandard.ZstdCompressor().compress(edited))
+    target = _schema_only_db(pg)
+    result = _restore(config, "latest", "--target", target)
+    assert result.returncode == 1
+    assert "users do not match the manifest's checksum" in _error_lines(result)[0]
+    assert sum(rows for rows, _ in table_checksums(target).values()) == 0

@@ -89,11 +89,7 @@ def made_backup(pg: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return next(p for p in (root / "backups").iterdir() if p.is_dir())
 
 
-TAMPERED_ROWS_RESTORED = pytest.mark.xfail(strict=True, reason=(
-    "found by this suite: a JSON restore does not compare the rows it reads with the manifest's "
-    "per-table checksums before loading, so rows tampered behind a re-made sha256 are restored "
-    "(backupd/restore.py)"))
-CASES = [pytest.param("unknown_column", marks=TAMPERED_ROWS_RESTORED), "long_line", "artifact_outside_folder",
+CASES = ["unknown_column", "long_line", "artifact_outside_folder",
          "csv_path_traversal", "manifest_not_json"]
 
 
