@@ -135,8 +135,13 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
 
 
 def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, decryptor: Decryptor | None,
-                *, dry_run: bool = False) -> RestoreReport:
-    """Restore the SQL half of `manifest` into the empty database at `target_dsn`."""
+                *, dry_run: bool = False, supabase_skeleton: bool = False) -> RestoreReport:
+    """Restore the SQL half of `manifest` into the empty database at `target_dsn`.
+
+    `supabase_skeleton`: first create what a Supabase dump expects of the platform (reserved roles,
+    the auth/storage/extensions schemas; `backupd.supabase_skeleton`), then the backup's roles.sql,
+    all in the same transaction as the dump.
+    """
     began = time.monotonic()
     entries = [manifest.artifact_for("schema"), manifest.artifact_for("data")]
     if entries[0] is None or entries[1] is None:
@@ -163,6 +168,15 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
     try:
         with proc.spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as psql:
             try:
+                if supabase_skeleton:
+                    from backupd.supabase_skeleton import skeleton_sql
+
+                    psql.stdin.write(skeleton_sql().encode() + b"\n")
+                    roles_entry = manifest.artifact_for("roles")
+                    if roles_entry is not None:
+                        for chunk in _chunks(open_artifact(destination, manifest, roles_entry, decryptor)):
+                            psql.stdin.write(chunk)
+                        psql.stdin.write(b"\n")
                 for index, entry in enumerate((schema_entry, data_entry)):
                     line_filter = LineFilter(drop)
                     for chunk in _chunks(open_artifact(destination, manifest, entry, decryptor)):

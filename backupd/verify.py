@@ -821,7 +821,7 @@ def _alert(config: Config, report: VerifyReport, record: dict[str, Any]) -> None
 
         send_event(config, event)
     except Exception as exc:  # noqa: BLE001 - alerting never changes the verdict
-        log.error("notify_failed", event="verify_failed", error=redact(str(exc)))
+        log.error("notify_failed", notify_event="verify_failed", error=redact(str(exc)))
 
 
 # -- drills on a schedule ---------------------------------------------------------------------------

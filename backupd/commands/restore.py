@@ -36,6 +36,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                              "exactly the backup (needs --yes); merge: the newer updated_at wins")
     parser.add_argument("--tables", metavar="A,B", help="only these tables")
     parser.add_argument("--sql", action="store_true", help="restore the SQL dump (into an empty database)")
+    parser.add_argument("--supabase-skeleton", action="store_true",
+                        help="with --sql: create Supabase's reserved roles and auth/storage/extensions schemas "
+                             "first, then the backup's roles.sql (for a Supabase dump into plain PostgreSQL)")
     parser.add_argument("--dry-run", action="store_true", help="count what would change, change nothing")
     parser.add_argument("--yes", action="store_true", help="confirm --strategy replace")
     parser.add_argument("--gpg-homedir", type=Path, metavar="DIR", help="GnuPG home with the private key")
@@ -74,6 +77,8 @@ def handle(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.backup!r} is neither a backup id, `latest`, nor a readable file")
     if args.sql and not from_backup:
         raise UsageError("--sql restores a backup's SQL dump: give a backup id or `latest`, not a file")
+    if args.supabase_skeleton and not args.sql:
+        raise UsageError("--supabase-skeleton prepares a plain server for a Supabase SQL dump: add --sql")
     if args.sql and (tables or args.strategy != "upsert"):
         raise UsageError("--sql restores the whole dump into an empty database: --tables and --strategy "
                          "apply to the JSON restore")
@@ -119,7 +124,8 @@ def _restore(args: argparse.Namespace, config: Any, tables: list[str] | None) ->
             if args.sql:
                 from backupd.sqlrestore import restore_sql
 
-                return restore_sql(destination, manifest, args.target, decryptor, dry_run=args.dry_run)
+                return restore_sql(destination, manifest, args.target, decryptor, dry_run=args.dry_run,
+                                   supabase_skeleton=args.supabase_skeleton)
             inputs = backup_inputs(destination, chain, decryptor)
             label = f"{destination.name}:{manifest.id}"
         else:
@@ -220,4 +226,13 @@ def _finish(config: Any, record: dict[str, Any]) -> None:
                 event[name] = sum(int(t.get(name, 0)) for t in (record.get("tables") or {}).values())
             send_event(config, {"event": "restore", **event})
     except Exception as exc:  # noqa: BLE001 - alerting never fails a restore
-        log.error("notify_failed", event="restore", error=str(exc))
+        log.error("notify_failed", notify_event="restore", error=str(exc))
+    from backupd import audit
+
+    totals = {name: sum(int(t.get(name, 0)) for t in (record.get("tables") or {}).values())
+              for name in ("inserted", "updated", "deleted")}
+    backups = record.get("backups") or []
+    audit.record(config, "restore", outcome=str(record.get("outcome")),
+                 backup_id=str(backups[-1]) if backups else str(record.get("source")),
+                 counts=totals, duration_seconds=record.get("duration_seconds"), error=record.get("error"),
+                 detail={"strategy": record.get("strategy"), "dry_run": record.get("dry_run")})

@@ -129,3 +129,21 @@ def test_verify_is_audited(make_config, source_dsn):
     context = rows[0][5]
     assert context["outcome"] == "success" and context["backup_id"]
     assert context["backup_id"] == _audit_rows(source_dsn, "backupd.backup")[0][5]["backup_id"]
+
+
+def test_restore_is_audited(make_config, source_dsn, pg, tmp_path):
+    """A restore adds one `backupd.restore` row in the source database naming the backup and the
+    counts; `--supabase-skeleton` without `--sql` is a usage error (exit 2) that restores nothing."""
+    config = make_config(audit={"table": "logs"})
+    assert run_cli("--config", str(config), "backup").returncode == 0
+    target = pg.fresh_db("audited", template=None)
+    refused = run_cli("--config", str(config), "restore", "latest", "--supabase-skeleton", "--target", target)
+    assert refused.returncode == 2 and "--sql" in refused.stderr
+    assert not _audit_rows(source_dsn, "backupd.restore")
+    result = run_cli("--config", str(config), "restore", "latest", "--sql", "--target", target)
+    assert result.returncode == 0, result.stderr
+    rows = _audit_rows(source_dsn, "backupd.restore")
+    assert len(rows) == 1
+    context = rows[0][5]
+    assert context["outcome"] == "success" and context["detail"]["strategy"] == "sql"
+    assert context["counts"]["inserted"] > 0

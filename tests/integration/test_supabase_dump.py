@@ -181,9 +181,13 @@ def test_supabase_dump_restores_into_skeleton_and_never_shows_the_password(
 
     target_db = "restored"
     plain_server.psql(f'CREATE DATABASE "{target_db}"')
-    for step in (skeleton_sql().encode(), skeleton_sql().encode(), roles.encode(), schema.encode(), data.encode()):
-        _psql(plain_server, target_db, step)
     target = plain_server.dsn(target_db)
+    # the operator's path: skeleton, roles.sql, schema.sql, data.sql in one transaction
+    restored = run_cli("--config", str(config), "restore", "latest", "--sql", "--supabase-skeleton",
+                       "--target", target)
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    # the skeleton is idempotent: applying it again over the restored database changes nothing
+    _psql(plain_server, target_db, skeleton_sql().encode())
 
     assert table_checksums(target, manifest["tables"]) == table_checksums(source_dsn, manifest["tables"])
     for table, key in (("auth.users", "id"), ("auth.identities", "id"), ("storage.objects", "id"),
