@@ -25,8 +25,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backupd.localpg import LocalPostgres  # noqa: E402
-from tests.conftest import GEN_DATA, SCHEMA_SQL, write_config  # noqa: E402
+from backupd.localpg import LocalPostgres
+from tests.conftest import GEN_DATA, SCHEMA_SQL, write_config
 
 
 def sample(pid: int) -> dict[str, int]:

@@ -5,6 +5,7 @@ tests/e2e/test_daemon.py::test_second_daemon_on_same_state_dir_refuses_and_manua
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 from datetime import datetime
@@ -71,5 +72,5 @@ def test_manual_backup_during_daemon_run_exits_4_and_runs_never_overlap(make_con
     runs = sorted(_history(state), key=lambda r: r["started"])
     assert all(r["outcome"] == "success" for r in runs), runs
     assert {r["trigger"] for r in runs} >= {"manual", "catch-up"}
-    for earlier, later in zip(runs, runs[1:]):
+    for earlier, later in itertools.pairwise(runs):
         assert datetime.fromisoformat(earlier["finished"]) <= datetime.fromisoformat(later["started"]), (earlier, later)
