@@ -24,6 +24,7 @@ from backupd.manifest import ArtifactEntry
 Compression = Literal["zstd", "gzip", "none"]
 SUFFIX = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 COPY_BUFFER = 1 << 20
+ZSTD_JOB_SIZE = 1 << 20
 
 
 class Sink(Protocol):
@@ -104,7 +105,10 @@ class ZstdSink:
         self._downstream = downstream
         # threads=1: zstd compresses on its own worker thread (no GIL), so the thread feeding it
         # gets back to reading the database sooner; the output is the same single frame format.
-        self._compressor = zstandard.ZstdCompressor(level=level, threads=1).compressobj(size=-1)
+        # 1 MiB jobs: the automatic job size (8 MiB at level 3) holds ~25 MiB per stream for a
+        # ratio gain under 2%.
+        params = zstandard.ZstdCompressionParameters.from_level(level, threads=1, job_size=ZSTD_JOB_SIZE)
+        self._compressor = zstandard.ZstdCompressor(compression_params=params).compressobj(size=-1)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         out = self._compressor.compress(data)
