@@ -489,7 +489,7 @@ class VerifyConfig(Section):
     """[verify]: restore tests and scheduled drills."""
 
     secret_keys: ClassVar[tuple[str, ...]] = ("scratch_dsn",)
-    scratch_dsn: SecretStr | None = Field(default=None, description="server for scratch databases")
+    scratch_dsn: SecretStr | None = Field(default=None, description="server for scratch databases; empty: the source's server when its role may CREATEDB, else a throwaway PostgreSQL")
     schedule: Literal["", "after-backup", "daily", "weekly"] = Field(default="", description="drill schedule")
 
 

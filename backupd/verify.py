@@ -12,8 +12,9 @@ Three levels, each on top of the previous one:
    `data.sql` through psql; `schema.sql` then the JSON rows), and compares every table's rows and
    content checksum with the manifest. The time each restore took is the measured RTO.
 
-Scratch databases are created on `[verify] scratch_dsn` when it is set, else on a throwaway
-PostgreSQL that backupd starts for the test and stops afterwards; they are always dropped.
+Scratch databases are created on `[verify] scratch_dsn` when it is set, else on the source's own
+server when the source role may CREATEDB (contract section 3), else on a throwaway PostgreSQL that
+backupd starts for the test and stops afterwards; they are always dropped.
 
 Every verification is recorded: `status.json` `last_drill` (a failed one turns health
 `failing`), a line in `history.jsonl`, the per-backup record `verify.json` that `list` flags
@@ -454,7 +455,8 @@ def check_artifact(destination: Destination, manifest: Manifest, entry: Artifact
 
 
 class ScratchServer:
-    """Where restore tests create their databases: `[verify] scratch_dsn`, or a throwaway server."""
+    """Where restore tests create their databases: `[verify] scratch_dsn`; else the source's server
+    when its role may CREATEDB; else a throwaway server."""
 
     def __init__(self, admin_dsn: str, psql: str, description: str, superuser: bool) -> None:
         self.admin_dsn = admin_dsn
@@ -500,6 +502,19 @@ def _server_facts(dsn: str) -> tuple[int, bool]:
     return int(str(row[0])), bool(row[1])
 
 
+def _source_server_fits(source_dsn: str, source_major: int) -> bool:
+    """True when the source's role may create databases (CREATEDB or superuser) on a server at
+    least as new as the backup's source; any failure to tell means no."""
+    try:
+        with connect(source_dsn, autocommit=True, what="database") as conn:
+            row = conn.execute("SELECT current_setting('server_version_num')::int, "
+                               "(SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user)"
+                               ).fetchone()
+    except (BackupdError, psycopg.Error):
+        return False
+    return row is not None and bool(row[1]) and int(str(row[0])) // 10000 >= source_major
+
+
 @contextmanager
 def scratch_server(config: Config, manifest: Manifest) -> Iterator[ScratchServer]:
     """The configured scratch server, or a throwaway one (started here, always stopped)."""
@@ -507,10 +522,14 @@ def scratch_server(config: Config, manifest: Manifest) -> Iterator[ScratchServer
 
     source_major = manifest.source.server_version_num // 10000
     configured = config.verify.scratch_dsn.get_secret_value() if config.verify.scratch_dsn else ""
+    label = "the scratch server"
+    if not configured and _source_server_fits(config.source.dsn.get_secret_value(), source_major):
+        # the contract's default: the source's own server, when its role may create databases
+        configured, label = config.source.dsn.get_secret_value(), "the source server"
     if configured:
         version_num, superuser = _server_facts(configured)
         psql = pick("psql", max(version_num // 10000, source_major), str(version_num // 10000))
-        server = ScratchServer(configured, psql.path, f"the scratch server {describe(configured).split('/')[0]}",
+        server = ScratchServer(configured, psql.path, f"{label} {describe(configured).split('/')[0]}",
                                superuser)
         server.version_num = version_num
         try:
