@@ -44,6 +44,7 @@ _DURATION_UNITS = {
     "d": 86400, "day": 86400, "days": 86400,
     "w": 604800, "week": 604800, "weeks": 604800,
 }
+_MAX_DURATION_SECONDS = 100 * 365 * 86400
 _DURATION_TOKEN = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)\s*")
 
 
@@ -57,8 +58,10 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, bool):
         raise ValueError("expected a duration like '90s', '30min', '48h' or '7d'")
     if isinstance(value, (int, float)):
-        if value < 0:
+        if value != value or value < 0:
             raise ValueError("a duration cannot be negative")
+        if value > _MAX_DURATION_SECONDS:
+            raise ValueError("a duration cannot be longer than a century")
         return timedelta(seconds=value)
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected a duration like '90s', '30min', '48h' or '7d'")
@@ -70,7 +73,7 @@ def parse_duration(value: object) -> timedelta:
             raise ValueError(f"invalid duration {value[:40]!r}: expected a number and a unit (s, min, h, d, w)")
         seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
-    if seconds > 100 * 365 * 86400:
+    if seconds > _MAX_DURATION_SECONDS:
         raise ValueError(f"duration {value[:40]!r} is longer than a century")
     return timedelta(seconds=seconds)
 

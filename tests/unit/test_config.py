@@ -35,7 +35,8 @@ def test_durations(text, duration):
     assert parse_duration(text) == timedelta(seconds=duration)
 
 
-@pytest.mark.parametrize("bad", ["", "soon", "5 parsecs", "-3h", "h"])
+@pytest.mark.parametrize("bad", ["", "soon", "5 parsecs", "-3h", "h", 86_400_000_000_000, float("inf"),
+                                 float("nan"), "999999999999999d"])
 def test_bad_durations(bad):
     with pytest.raises(ValueError):
         parse_duration(bad)
