@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
 from typing import Any
 
 from backupd.commands.common import config_from, human_bytes
+from backupd.errors import Abandoned
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -19,6 +24,25 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=handle)
 
 
+@contextmanager
+def _abandon_on_signals() -> Iterator[None]:
+    """SIGTERM/SIGINT abandon the run cleanly: Abandoned is raised in the main thread, the runner
+    stops pg_dump and the other children, removes staging, and no manifest is written anywhere
+    (a kill -9 leaves staging for the next run to remove, and still publishes nothing)."""
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        for each in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(each, signal.SIG_IGN)  # one Abandoned is enough; cleanup must not be cut short
+        raise Abandoned(f"stopped by {signal.Signals(signum).name}: the backup was abandoned, nothing published")
+
+    previous = {each: signal.signal(each, stop) for each in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for each, handler in previous.items():
+            signal.signal(each, handler)
+
+
 def handle(args: argparse.Namespace) -> int:
     from backupd.runner import Runner
 
@@ -29,7 +53,8 @@ def handle(args: argparse.Namespace) -> int:
     from backupd.incremental import check_request
 
     check_request(config, args.kind)
-    result = Runner(config).run(trigger="manual", only=args.destination, kind=args.kind)
+    with _abandon_on_signals():
+        result = Runner(config).run(trigger="manual", only=args.destination, kind=args.kind)
     if result.outcome == "failed":
         sys.stderr.write(f"backupd: error: backup {result.id} failed: {result.error}\n")
     else:
