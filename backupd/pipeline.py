@@ -14,7 +14,7 @@ import io
 import os
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Literal, Protocol
 
 import zstandard
 
@@ -106,8 +106,10 @@ class ZstdSink:
         # threads=1: zstd compresses on its own worker thread (no GIL), so the thread feeding it
         # gets back to reading the database sooner; the output is the same single frame format.
         # 1 MiB jobs: the automatic job size (8 MiB at level 3) holds ~25 MiB per stream for a
-        # ratio gain under 2%.
-        params = zstandard.ZstdCompressionParameters.from_level(level, threads=1, job_size=ZSTD_JOB_SIZE)
+        # ratio gain under 2%. write_checksum: the frame carries its own checksum, so a file that
+        # travels without its manifest (a one-off export) still proves it decoded intact.
+        params = zstandard.ZstdCompressionParameters.from_level(level, threads=1, job_size=ZSTD_JOB_SIZE,
+                                                                write_checksum=1)
         self._compressor = zstandard.ZstdCompressor(compression_params=params).compressobj(size=-1)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -243,35 +245,45 @@ class VerifyingReader(io.RawIOBase):
             super().close()
 
 
-class _ZstdReader(io.RawIOBase):
-    """zstd decoding that fails loudly on a truncated or corrupt frame (the library reader is silent)."""
+class _DecodingReader(io.RawIOBase):
+    """Decompression that fails loudly on a truncated or corrupt stream (the libraries' own readers
+    stop silently at a cut-off end), reading concatenated frames/members through."""
+
+    kind = ""
+    errors: tuple[type[Exception], ...] = ()
 
     def __init__(self, raw: BinaryIO, where: str) -> None:
         super().__init__()
         self._raw = raw
         self._where = where
-        self._decompressor = zstandard.ZstdDecompressor().decompressobj()
+        self._decompressor = self._new()
         self._pending = b""
         self._eof = False
+
+    def _new(self) -> Any:
+        raise TypeError("a _DecodingReader subclass says how to make its decompressor")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         while not self._pending and not self._eof:
-            chunk = self._raw.read(COPY_BUFFER)
-            if not chunk:
-                self._eof = True
-                if not self._decompressor.eof:
-                    raise IntegrityError(f"{self._where}: truncated zstd stream")
-                break
-            try:
+            if self._decompressor.eof and self._decompressor.unused_data:
+                chunk = self._decompressor.unused_data  # the next frame began in the last block
+                self._decompressor = self._new()
+            else:
+                chunk = self._raw.read(COPY_BUFFER)
+                if not chunk:
+                    self._eof = True
+                    if not self._decompressor.eof:
+                        raise IntegrityError(f"{self._where}: truncated {self.kind} stream")
+                    break
                 if self._decompressor.eof:
-                    # a new frame begins (concatenated frames are valid zstd)
-                    self._decompressor = zstandard.ZstdDecompressor().decompressobj()
+                    self._decompressor = self._new()
+            try:
                 self._pending = self._decompressor.decompress(chunk)
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(f"{self._where}: corrupt zstd data ({exc})") from None
+            except self.errors as exc:
+                raise IntegrityError(f"{self._where}: corrupt {self.kind} data ({exc})") from None
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
@@ -284,44 +296,20 @@ class _ZstdReader(io.RawIOBase):
             super().close()
 
 
-class _GzipReader(io.RawIOBase):
-    def __init__(self, raw: BinaryIO, where: str) -> None:
-        super().__init__()
-        self._raw = raw
-        self._where = where
-        self._decompressor = zlib.decompressobj(47)
-        self._pending = b""
-        self._eof = False
+class _ZstdReader(_DecodingReader):
+    kind = "zstd"
+    errors = (zstandard.ZstdError,)
 
-    def readable(self) -> bool:
-        return True
+    def _new(self) -> Any:
+        return zstandard.ZstdDecompressor().decompressobj()
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._pending and not self._eof:
-            chunk = self._raw.read(COPY_BUFFER)
-            if not chunk:
-                self._eof = True
-                if not self._decompressor.eof:
-                    raise IntegrityError(f"{self._where}: truncated gzip stream")
-                break
-            try:
-                if self._decompressor.eof:
-                    rest = self._decompressor.unused_data + chunk
-                    self._decompressor = zlib.decompressobj(47)
-                    chunk = rest
-                self._pending = self._decompressor.decompress(chunk)
-            except zlib.error as exc:
-                raise IntegrityError(f"{self._where}: corrupt gzip data ({exc})") from None
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
 
-    def close(self) -> None:
-        try:
-            self._raw.close()
-        finally:
-            super().close()
+class _GzipReader(_DecodingReader):
+    kind = "gzip"
+    errors = (zlib.error,)
+
+    def _new(self) -> Any:
+        return zlib.decompressobj(47)
 
 
 def decompress_stream(raw: BinaryIO, compression: str, where: str) -> BinaryIO:
