@@ -283,11 +283,18 @@ class _DecodingReader(io.RawIOBase):
             try:
                 self._pending = self._decompressor.decompress(chunk)
             except self.errors as exc:
+                self._drain()  # a changed stored byte is the deeper fact: let the sha256 check say so
                 raise IntegrityError(f"{self._where}: corrupt {self.kind} data ({exc})") from None
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
+
+    def _drain(self) -> None:
+        """Read what is left of the stored stream, so that a size/sha256 check below us (a
+        VerifyingReader) raises its own, more precise error."""
+        while self._raw.read(COPY_BUFFER):
+            pass
 
     def close(self) -> None:
         try:
