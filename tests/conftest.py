@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,19 @@ def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
 def source_dsn(pg: PgServer) -> str:
     """A fresh copy of the Jarvis database for one test."""
     return pg.fresh_db("src")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `condition` until it returns something truthy (and return it); fail naming `what`
+    after `timeout` seconds. The way tests wait: never a bare sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
 
 
 def toml_value(value: Any) -> str:

@@ -36,12 +36,12 @@ class Writable(Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
 
 
-def copy_json_lines(conn: psycopg.Connection[tuple[object, ...]], table: Table,
-                    where: str = "") -> Iterator[list[bytes]]:
-    """Batches of complete JSON rows of `table` (each without newline), straight from COPY."""
+def copy_lines(conn: psycopg.Connection[tuple[object, ...]], sql: str, what: str) -> Iterator[list[bytes]]:
+    """Batches of complete lines (without newlines) of a `COPY ... TO STDOUT`; a database error
+    becomes a SourceError saying `what` failed."""
     splitter = LineSplitter()
     try:
-        with conn.cursor().copy(table.json_copy_sql(where)) as copy:
+        with conn.cursor().copy(sql) as copy:
             for chunk in copy:
                 lines = splitter.feed(chunk)
                 if lines:
@@ -50,7 +50,13 @@ def copy_json_lines(conn: psycopg.Connection[tuple[object, ...]], table: Table,
         if rest:
             yield rest
     except psycopg.Error as exc:
-        raise SourceError(f"exporting {table.key} failed: {one_line(exc)}") from None
+        raise SourceError(f"{what} failed: {one_line(exc)}") from None
+
+
+def copy_json_lines(conn: psycopg.Connection[tuple[object, ...]], table: Table,
+                    where: str = "") -> Iterator[list[bytes]]:
+    """Batches of complete JSON rows of `table` (each without newline), straight from COPY."""
+    return copy_lines(conn, table.json_copy_sql(where), f"exporting {table.key}")
 
 
 def table_checksum(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> TableChecksum:

@@ -16,7 +16,7 @@ import psycopg
 import structlog
 
 from backupd.catalog import Table
-from backupd.checksum import LineSplitter, TableChecksum
+from backupd.checksum import TableChecksum
 from backupd.db import one_line
 from backupd.errors import SourceError
 from backupd.incremental import (
@@ -34,26 +34,10 @@ from backupd.incremental import (
 from backupd.manifest import TableEntry
 from backupd.snapshot import Snapshot
 from backupd.sources import ArtifactSink, SourceReport
-from backupd.sources.json_export import JsonDocumentWriter, copy_json_lines
+from backupd.sources.json_export import JsonDocumentWriter, copy_json_lines, copy_lines
 
 log = structlog.get_logger("backupd.export")
 MISSED_BATCH = 500
-
-
-def copy_lines(conn: psycopg.Connection[tuple[object, ...]], sql: str, what: str) -> Iterator[list[bytes]]:
-    """Batches of complete lines of a COPY ... TO STDOUT."""
-    splitter = LineSplitter()
-    try:
-        with conn.cursor().copy(sql) as copy:
-            for chunk in copy:
-                lines = splitter.feed(bytes(chunk))
-                if lines:
-                    yield lines
-        rest = splitter.finish()
-        if rest:
-            yield rest
-    except psycopg.Error as exc:
-        raise SourceError(f"{what} failed: {one_line(exc)}") from None
 
 
 class TrackedJsonExportSource:

@@ -21,19 +21,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, run_cli, write_config
+from tests.conftest import REPO, run_cli, wait_for, write_config
 
 
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll `condition` until it returns something truthy; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 class NotifySocket:
