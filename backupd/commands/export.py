@@ -157,9 +157,8 @@ def _export_json(snapshot: Snapshot, tables: list[Table], where: dict[str, str],
 
 def _export_csv(snapshot: Snapshot, tables: list[Table], where: dict[str, str],
                 args: argparse.Namespace) -> dict[str, int]:
-    from backupd.sources.csv_export import copy_csv, prepare_session
+    from backupd.sources.csv_export import copy_csv
 
-    prepare_session(snapshot.conn)
     counts: dict[str, int] = {}
     if args.output != "-":
         folder = Path(args.output)

@@ -35,14 +35,6 @@ def copy_csv(conn: psycopg.Connection[tuple[object, ...]], table: Table, out: Wr
     return max(cursor.rowcount, 0)
 
 
-def prepare_session(conn: psycopg.Connection[tuple[object, ...]]) -> None:
-    """Fix the renderings for this transaction: ISO dates in UTC, PostgreSQL's interval text, so a
-    CSV reads the same whatever the server's defaults are."""
-    conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
-    conn.execute("SET LOCAL TimeZone = 'UTC'")
-    conn.execute("SET LOCAL IntervalStyle = 'postgres'")
-
-
 class CsvExportSource:
     """`csv/<table>.csv` artifacts, read through a connection attached to the snapshot."""
 
@@ -56,7 +48,6 @@ class CsvExportSource:
         report = SourceReport()
         conn = snapshot.attach()
         try:
-            prepare_session(conn)
             for table in self.tables:
                 writer = sink.open(f"csv/{table.key}.csv", "csv")
                 try:

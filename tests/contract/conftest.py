@@ -18,7 +18,7 @@ from backupd.config import parse_config
 from backupd.destinations import build
 from backupd.destinations.base import Destination, StagedBackup
 from backupd.manifest import Manifest
-from tests.conftest import run_cli, write_config
+from tests.conftest import moto_server, run_cli, write_config
 from tests.contract.servers import FakeSupabaseStorage
 
 ACCESS_KEY = "AKIATESTBACKUPD"
@@ -32,15 +32,8 @@ DESTINATION_KINDS = ["local", "s3", "supabase", "rclone-local", "rclone-s3", "gi
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 (in-process thread), for the whole session."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield url
 
 
 def make_bucket(moto_url: str, name: str | None = None) -> str:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, SecretStr
 
 from backupd import config as config_module
 from backupd.config import Section, load_config
-from tests.conftest import run_cli, write_config
+from tests.conftest import moto_server, run_cli, write_config
 
 SECURITY_DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 
@@ -136,15 +136,8 @@ def recorder() -> Iterator[Recorder]:
 @pytest.fixture
 def moto_s3() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 for this test."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield url
 
 
 def _readonly_role(pg: Any, dsn: str) -> str:

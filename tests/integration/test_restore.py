@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import zstandard
 
-from tests.conftest import SCHEMA_SQL, run_cli, table_checksums
+from tests.conftest import SCHEMA_SQL, moto_server, run_cli, table_checksums
 
 
 def _backup(config: Path, backups: Path) -> Path:
@@ -412,15 +412,8 @@ def test_backups_of_earlier_releases_still_restore(backup_id, pg, tmp_path):
 @pytest.fixture(scope="module")
 def moto_s3():
     """moto's S3 server on 127.0.0.1 (a real S3 HTTP endpoint, objects in memory)."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield url
 
 
 def test_restore_from_s3(make_config, source_dsn, pg, moto_s3):
