@@ -50,7 +50,7 @@ class Table:
         so nothing is quoted or escaped (text format would double every backslash).
         """
         return (
-            f"COPY (SELECT row_to_json(t) FROM ({self.select_sql(where)}) t) TO STDOUT "
+            f"COPY (SELECT row_to_json(t.*) FROM ({self.select_sql(where)}) t) TO STDOUT "
             "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
         )
 

@@ -140,11 +140,10 @@ class _TableSorter:
         self.primary_key = primary_key
         self.path: Path | None = None
 
-    def write_rows(self, rows: list[str]) -> None:
+    def write_rows(self, rows: list[bytes]) -> None:
         for text in rows:
-            row = json.loads(text)
-            key = key_of(row, self.primary_key) if self.primary_key else text.encode()
-            self.sorter.add(key + SEP + text.encode())
+            key = key_of(json.loads(text), self.primary_key) if self.primary_key else text
+            self.sorter.add(key + SEP + text)
 
     def finish(self, keys: list[str]) -> None:
         self.path = self.sorter.finish()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
@@ -32,9 +33,9 @@ _WHITESPACE = " \t\n\r"
 
 
 class RowSink(Protocol):
-    """Receives one table's rows: JSON objects as text, one per string, without newlines."""
+    """Receives one table's rows: JSON objects as UTF-8 text, one per bytes, without newlines."""
 
-    def write_rows(self, rows: list[str]) -> None:
+    def write_rows(self, rows: list[bytes]) -> None:
         """Take a batch of rows."""
         ...
 
@@ -66,7 +67,7 @@ TableHandler = Callable[[str], "RowSink | None"]
 class _Skip:
     """Drains a table nobody wants."""
 
-    def write_rows(self, rows: list[str]) -> None:
+    def write_rows(self, rows: list[bytes]) -> None:
         return None
 
     def finish(self, keys: list[str]) -> None:
@@ -84,6 +85,28 @@ def check_version(version: object, where: str) -> str:
     return str(version)
 
 
+def apply_field(doc: ExportDocument, key: str, value: Any, where: str) -> None:
+    """Take one top-level field of an export (other than "data") into `doc`."""
+    if key == "version":
+        doc.version = check_version(value, where)
+    elif key == "format":
+        doc.format = str(value) if value is not None else None
+    elif key == "incremental":
+        doc.incremental = bool(value)
+    elif key == "since":
+        doc.since = str(value) if value is not None else None
+    elif key == "exportedAt":
+        doc.exported_at = str(value) if value is not None else None
+    elif key == "tables" and isinstance(value, list):
+        doc.tables = [str(t) for t in value]
+    elif key == "recordCount" and isinstance(value, dict):
+        doc.record_count = {str(k): int(v) for k, v in value.items() if isinstance(v, int)}
+    elif key == "deleted":
+        if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
+            raise IntegrityError(f"{where}: \"deleted\" must map each table to a list of keys")
+        doc.deleted = {str(k): list(v) for k, v in value.items()}
+
+
 class ExportReader:
     """Streams one export document; `read(handler)` calls `handler(table)` for each table's rows."""
 
@@ -95,6 +118,7 @@ class ExportReader:
         self._pos = 0
         self._eof = False
         self._json = json.JSONDecoder()
+        self._pending = b""
         self.document = ExportDocument()
 
     # -- buffer -----------------------------------------------------------------------------
@@ -106,7 +130,10 @@ class ExportReader:
         if self._pos > (1 << 20) and self._pos > len(self._buf) // 2:
             self._buf = self._buf[self._pos:]
             self._pos = 0
-        data = self._stream.read(max(at_least, READ_CHUNK))
+        if self._pending:
+            data, self._pending = self._pending, b""
+        else:
+            data = self._stream.read(max(at_least, READ_CHUNK))
         try:
             if not data:
                 self._eof = True
@@ -167,6 +194,12 @@ class ExportReader:
 
     def read(self, handler: TableHandler) -> ExportDocument:
         """Read the whole document to its end; returns its fields. Raises IntegrityError."""
+        head = _read_head(self._stream)
+        lines = _LineLayoutReader.start(head, self._stream, self._where)
+        if lines is not None:
+            self.document = lines.read(handler)
+            return self.document
+        self._pending = head
         self._expect("{")
         if self._peek() == "}":
             self._pos += 1
@@ -191,25 +224,7 @@ class ExportReader:
         return doc
 
     def _field(self, key: str, value: Any) -> None:
-        doc = self.document
-        if key == "version":
-            doc.version = check_version(value, self._where)
-        elif key == "format":
-            doc.format = str(value) if value is not None else None
-        elif key == "incremental":
-            doc.incremental = bool(value)
-        elif key == "since":
-            doc.since = str(value) if value is not None else None
-        elif key == "exportedAt":
-            doc.exported_at = str(value) if value is not None else None
-        elif key == "tables" and isinstance(value, list):
-            doc.tables = [str(t) for t in value]
-        elif key == "recordCount" and isinstance(value, dict):
-            doc.record_count = {str(k): int(v) for k, v in value.items() if isinstance(v, int)}
-        elif key == "deleted":
-            if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
-                raise IntegrityError(f"{self._where}: \"deleted\" must map each table to a list of keys")
-            doc.deleted = {str(k): list(v) for k, v in value.items()}
+        apply_field(self.document, key, value, self._where)
 
     def _data(self, handler: TableHandler) -> None:
         self._expect("{")
@@ -241,7 +256,7 @@ class ExportReader:
             if done:
                 self.document.rows[table] = count
                 return list(keys)
-        batch: list[str] = []
+        batch: list[bytes] = []
         if self._peek() == "]":
             self._pos += 1
         else:
@@ -254,7 +269,7 @@ class ExportReader:
                 if "\n" in text or "\r" in text:
                     text = text.replace("\n", " ").replace("\r", " ")
                     self.document.altered.add(table)
-                batch.append(text)
+                batch.append(text.encode())
                 count += 1
                 if len(batch) >= BATCH_ROWS:
                     sink.write_rows(batch)
@@ -275,7 +290,7 @@ class ExportReader:
         def emit(rows: list[str]) -> None:
             if not keys:
                 keys.update(dict.fromkeys(json.loads(rows[0])))
-            sink.write_rows(rows)
+            sink.write_rows([row.encode() for row in rows])
 
         while True:
             end = self._buf.rfind("\n", self._pos)
@@ -283,9 +298,19 @@ class ExportReader:
                 if not self._fill():
                     return count, False
                 continue
-            rows: list[str] = []
+            block = self._buf[self._pos:end]
+            if block.startswith("{") and block.endswith("},") and block.count("\n") == block.count("},\n{"):
+                # the common case: every line of the block is a whole row followed by a comma
+                rows = block[:-1].split(",\n")
+                emit(rows)
+                count += len(rows)
+                self._pos = end + 1
+                if self._pos >= len(self._buf):
+                    self._fill()
+                continue
+            rows = []
             offset = self._pos
-            for line in self._buf[self._pos:end].split("\n"):
+            for line in block.split("\n"):
                 row = line.removesuffix(",")
                 if row.startswith("{") and row.endswith("}"):
                     rows.append(row)
@@ -305,3 +330,168 @@ class ExportReader:
             self._pos = end + 1
             if self._pos >= len(self._buf):
                 self._fill()
+
+
+# -- backupd's own layout, read as bytes -----------------------------------------------------------
+
+_HEAD_LIMIT = 1 << 20
+_DATA_LINE = b'"data": {'
+_TABLE_LINE = re.compile(rb'("(?:[^"\\]|\\.)*"): \[(\]?,?)')
+
+
+def _read_head(stream: BinaryIO) -> bytes:
+    """The document's first two lines (or its first MiB, or all of a shorter one)."""
+    head = b""
+    while head.count(b"\n") < 2 and len(head) < _HEAD_LIMIT:
+        data = stream.read(READ_CHUNK)
+        if not data:
+            break
+        head += data
+    return head
+
+
+class _LineLayoutReader:
+    """The layout `JsonDocumentWriter` writes, read as bytes without decoding: a header line,
+    `"data": {`, then per table a `"name": [` line, one row per line, and `]`; then `deleted` and
+    `recordCount` on a line each. Blocks of whole rows are cut with one split each and go to the
+    sinks as they are (PostgreSQL checks the UTF-8 and the JSON as it loads them). Once the head
+    has matched, any other layout is a damaged document."""
+
+    def __init__(self, stream: BinaryIO, where: str, document: ExportDocument, buffer: bytes) -> None:
+        self._stream = stream
+        self._where = where
+        self.document = document
+        self._buf = buffer
+        self._pos = 0
+        self._eof = False
+
+    @classmethod
+    def start(cls, head: bytes, stream: BinaryIO, where: str) -> _LineLayoutReader | None:
+        """A reader when `head` opens backupd's layout, else None (nothing of it consumed)."""
+        first, _, rest = head.partition(b"\n")
+        second, _, rest = rest.partition(b"\n")
+        if not (first.startswith(b'{"version": ') and first.endswith(b",") and second == _DATA_LINE):
+            return None
+        try:
+            header = json.loads(first[:-1] + b"}")
+        except ValueError:
+            return None
+        if not isinstance(header, dict):
+            return None
+        document = ExportDocument()
+        for key, value in header.items():
+            apply_field(document, str(key), value, where)
+        if document.version is None:
+            return None
+        return cls(stream, where, document, rest)
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        data = self._stream.read(READ_CHUNK)
+        if not data:
+            self._eof = True
+            return False
+        self._buf = self._buf[self._pos:] + data
+        self._pos = 0
+        return True
+
+    def _line(self) -> bytes:
+        while True:
+            end = self._buf.find(b"\n", self._pos)
+            if end >= 0:
+                line = self._buf[self._pos:end]
+                self._pos = end + 1
+                return line
+            if not self._fill():
+                raise IntegrityError(f"{self._where}: the JSON document ends early (truncated)")
+
+    def _malformed(self, line: bytes) -> IntegrityError:
+        return IntegrityError(f"{self._where}: not a valid JSON export (unexpected line {line[:40]!r})")
+
+    def read(self, handler: TableHandler) -> ExportDocument:
+        """Read the rest of the document; returns its fields. Raises IntegrityError."""
+        doc = self.document
+        while True:
+            line = self._line()
+            if line == b"},":
+                break
+            match = _TABLE_LINE.fullmatch(line)
+            if match is None:
+                raise self._malformed(line)
+            table = json.loads(match.group(1))
+            sink = handler(table) or _Skip()
+            keys: dict[str, None] = {}
+            count = 0 if match.group(2).startswith(b"]") else self._rows(sink, keys)
+            sink.finish(list(keys))
+            doc.rows[table] = doc.rows.get(table, 0) + count
+        for name in ("deleted", "recordCount"):
+            prefix = f'"{name}": '.encode()
+            line = self._line()
+            if not line.startswith(prefix):
+                raise self._malformed(line)
+            # `deleted` ends with the comma before recordCount, recordCount with the document's brace
+            text = line[len(prefix):-1]
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise self._malformed(line) from None
+            apply_field(doc, name, value, self._where)
+        while self._fill():
+            pass
+        if self._buf[self._pos:].strip():
+            raise IntegrityError(f"{self._where}: not a valid JSON export (unexpected text after the document)")
+        return doc
+
+    def _rows(self, sink: RowSink, keys: dict[str, None]) -> int:
+        """One table's rows up to its closing `]`; returns how many."""
+        count = 0
+
+        def emit(rows: list[bytes]) -> None:
+            if not keys:
+                try:
+                    keys.update(dict.fromkeys(json.loads(rows[0])))
+                except (ValueError, TypeError):
+                    raise self._malformed(rows[0]) from None
+            sink.write_rows(rows)
+
+        while True:
+            end = self._buf.rfind(b"\n", self._pos)
+            block = self._buf[self._pos:end] if end > self._pos else b""
+            rows: list[bytes] = []
+            closing = -1
+            if block.endswith(b","):
+                rows = block[:-1].split(b",\n")
+                if block.count(b"\n") != len(rows) - 1:
+                    rows = []
+            if not rows and block:
+                closing = block.find(b"\n]")
+                if closing >= 0:
+                    rows = block[:closing].split(b",\n")  # the table's last row has no comma
+                    if block.count(b"\n", 0, closing) != len(rows) - 1:
+                        rows = []
+            if rows and rows[0].startswith(b"{") and rows[-1].endswith(b"}"):
+                # the common case: a block of whole rows, one per line, each followed by a comma
+                emit(rows)
+                count += len(rows)
+                self._pos += (closing + 1) if closing >= 0 else len(block) + 1
+                if closing < 0:
+                    continue
+            else:
+                # a line longer than what is buffered, or a damaged one
+                line = self._line()
+                if not line.startswith(b"{"):
+                    raise self._malformed(line)
+                if line.endswith(b"},"):
+                    emit([line[:-1]])
+                    count += 1
+                    continue
+                if not line.endswith(b"}"):
+                    raise self._malformed(line)
+                emit([line])
+                count += 1
+            closing_line = self._line()
+            if closing_line not in (b"]", b"],"):
+                raise self._malformed(closing_line)
+            return count
+

@@ -59,6 +59,7 @@ from psycopg import sql
 
 from backupd.catalog import Table, discover
 from backupd.checksum import TableChecksum
+from backupd.copytext import RowConverter, column_kind
 from backupd.db import connect, describe, one_line, quote_ident
 from backupd.destinations.base import Destination
 from backupd.errors import BackupdError, IntegrityError, NotFound, UsageError
@@ -70,7 +71,6 @@ log = structlog.get_logger("backupd.restore")
 
 Strategy = Literal["upsert", "replace", "merge"]
 STRATEGIES: tuple[Strategy, ...] = ("upsert", "replace", "merge")
-CHECKSUM_PREFIX = "b2sum64:"
 COPY_LINES = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
 
 
@@ -283,7 +283,9 @@ class TargetTable:
     # the target table is empty and one export holds it: rows go straight from the raw staging
     direct: _CopySink | None = None
     # a full backup into an empty table: rows were inserted while the export streamed
-    streamed: _DirectSink | None = None
+    streamed: _DirectSink | _CopyTextSink | None = None
+    # how each restored column's JSON becomes COPY text (None: some column is not converted here)
+    copy_kinds: dict[str, str] | None = None
 
     @property
     def key(self) -> str:
@@ -356,35 +358,24 @@ def _sequences(conn: Conn, oid: int) -> list[tuple[str, str]]:
 # -- staging --------------------------------------------------------------------------------------
 
 
-class _CopySink:
-    """Writes a table's rows into a one-column temporary table through COPY."""
+class _CopyStream:
+    """A COPY FROM STDIN held open while a table's rows stream in."""
 
-    def __init__(self, conn: Conn, temp_name: str, table: str, progress: Progress) -> None:
-        self.temp_name = temp_name
-        self.table = table
-        self.progress = progress
+    def __init__(self, conn: Conn, statement: str) -> None:
         self.rows = 0
         self.keys: list[str] = []
         self.checksum: TableChecksum | None = None
-        conn.execute(f"CREATE TEMP TABLE {temp_name} (line text) ON COMMIT DROP")
-        self._cm = conn.cursor().copy(f"COPY {temp_name} (line) FROM STDIN {COPY_LINES}")
+        self._cm = conn.cursor().copy(statement)
         self._copy = self._cm.__enter__()
+        self._done = False
 
-    def write_rows(self, rows: list[str]) -> None:
-        if self.checksum is not None:
-            self.checksum.add_lines([row.encode() for row in rows])
-        self._copy.write(("\n".join(rows) + "\n").encode())
-        self.rows += len(rows)
-        self.progress.staged(self.table, len(rows))
-
-    def finish(self, keys: list[str]) -> None:
-        self.keys = keys
+    def _close(self) -> None:
         self._done = True
         self._cm.__exit__(None, None, None)
 
     def abort(self, exc: BaseException) -> None:
         """End an unfinished COPY (the transaction is rolled back after)."""
-        if getattr(self, "_done", False):
+        if self._done:
             return
         self._done = True
         try:
@@ -393,8 +384,31 @@ class _CopySink:
             pass
 
 
+class _CopySink(_CopyStream):
+    """Writes a table's rows into a one-column temporary table through COPY."""
+
+    def __init__(self, conn: Conn, temp_name: str, table: str, progress: Progress) -> None:
+        self.temp_name = temp_name
+        self.table = table
+        self.progress = progress
+        conn.execute(f"CREATE TEMP TABLE {temp_name} (line text) ON COMMIT DROP")
+        super().__init__(conn, f"COPY {temp_name} (line) FROM STDIN {COPY_LINES}")
+
+    def write_rows(self, rows: list[bytes]) -> None:
+        if self.checksum is not None:
+            self.checksum.add_lines(rows)
+        self._copy.write(b"\n".join(rows) + b"\n")
+        self.rows += len(rows)
+        self.progress.staged(self.table, len(rows))
+
+    def finish(self, keys: list[str]) -> None:
+        self.keys = keys
+        self._close()
+
+
 class _DirectSink:
-    """Inserts a table's rows into the (empty) target table as they stream, a batch per statement."""
+    """Inserts a table's rows into the (empty) target table as they stream, a batch per statement
+    (tables with a column type backupd.copytext does not convert)."""
 
     def __init__(self, conn: Conn, table: TargetTable, progress: Progress) -> None:
         self.conn = conn
@@ -409,18 +423,17 @@ class _DirectSink:
         self.statement = (f"INSERT INTO {name} ({cols}) OVERRIDING SYSTEM VALUE SELECT {typed} "
                           f"FROM json_populate_recordset(NULL::{name}, %s::json) r")
 
-    def write_rows(self, rows: list[str]) -> None:
+    def write_rows(self, rows: list[bytes]) -> None:
         if self.checksum is not None:
-            self.checksum.add_lines([row.encode() for row in rows])
+            self.checksum.add_lines(rows)
         try:
-            self.conn.execute(self.statement, ("[" + ",".join(rows) + "]",))
-        except psycopg.errors.NotNullViolation as exc:
-            raise RestoreError(f"restoring {self.table.key} failed, target unchanged: {one_line(exc)}",
-                               "a column the backup does not hold (excluded at backup time?) has no default "
-                               "in the target") from None
+            batch = (b"[" + b",".join(rows) + b"]").decode()
+        except UnicodeDecodeError:
+            raise IntegrityError(f"rows of {self.table.key} are not UTF-8 text") from None
+        try:
+            self.conn.execute(self.statement, (batch,))
         except psycopg.Error as exc:
-            raise RestoreError(f"restoring {self.table.key} failed, target unchanged: {one_line(exc)}"
-                               + (f" ({_detail(exc)})" if _detail(exc) else "")) from None
+            raise _load_error(self.table, exc) from None
         self.rows += len(rows)
         self.progress.staged(self.table.key, len(rows))
 
@@ -430,6 +443,61 @@ class _DirectSink:
     def abort(self, exc: BaseException) -> None:
         """Nothing to end: each batch is one statement."""
         return
+
+
+class _CopyTextSink(_CopyStream):
+    """Streams a table's rows into the (empty) target table through COPY, converted to COPY text
+    in this process (see backupd.copytext): the server only parses COPY text."""
+
+    def __init__(self, conn: Conn, table: TargetTable, backup_columns: list[str], progress: Progress) -> None:
+        assert table.copy_kinds is not None
+        self.table = table
+        self.progress = progress
+        self._converter = RowConverter(table.key, backup_columns, table.copy_kinds)
+        cols = ", ".join(quote_ident(c) for c in self._converter.copy_columns)
+        super().__init__(conn, f"COPY {table.table.sql_name} ({cols}) FROM STDIN")
+
+    def write_rows(self, rows: list[bytes]) -> None:
+        if self.checksum is not None:
+            self.checksum.add_lines(rows)
+        self._copy.write(self._converter.convert(rows))
+        self.rows += len(rows)
+        self.progress.staged(self.table.key, len(rows))
+
+    def finish(self, keys: list[str]) -> None:
+        self.keys = keys
+        try:
+            self._close()
+        except psycopg.Error as exc:
+            raise _load_error(self.table, exc) from None
+
+
+def _load_error(table: TargetTable, exc: psycopg.Error) -> RestoreError:
+    if isinstance(exc, psycopg.errors.NotNullViolation):
+        return RestoreError(f"restoring {table.key} failed, target unchanged: {one_line(exc)}",
+                            "a column the backup does not hold (excluded at backup time?) has no default "
+                            "in the target")
+    return RestoreError(f"restoring {table.key} failed, target unchanged: {one_line(exc)}"
+                        + (f" ({_detail(exc)})" if _detail(exc) else ""))
+
+
+def _copy_kinds(conn: Conn, table: TargetTable) -> dict[str, str] | None:
+    """How each of `table.restore_columns` is converted to COPY text; None when one is not."""
+    rows = conn.execute(
+        """
+        SELECT a.attname, bt.typname, bt.typcategory, bt.typtype, et.typname, et.typcategory, et.typtype
+        FROM pg_attribute a
+        JOIN pg_type t ON t.oid = a.atttypid
+        JOIN pg_type bt ON bt.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+        LEFT JOIN pg_type et ON et.oid = bt.typelem AND bt.typcategory = 'A'
+        WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+        """, (table.oid,)).fetchall()
+    found = {str(r[0]): column_kind(str(r[1]), str(r[2]), str(r[3]),
+                                    (str(r[4]), str(r[5]), str(r[6])) if r[4] is not None else None) for r in rows}
+    kinds = {c: found.get(c) for c in table.restore_columns}
+    if any(kind is None for kind in kinds.values()):
+        return None
+    return {c: k for c, k in kinds.items() if k is not None}
 
 
 def _drop_indexes(conn: Conn, table: TargetTable) -> list[str]:
@@ -461,7 +529,7 @@ class _Staged:
 
     input: ExportInput
     document: ExportDocument
-    tables: dict[str, _CopySink | _DirectSink]
+    tables: dict[str, _CopySink | _DirectSink | _CopyTextSink]
     deleted: dict[str, list[Any]]
 
 
@@ -490,6 +558,10 @@ class JsonRestore:
         try:
             conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+            # rebuilding indexes sorts, checking foreign keys joins: both in memory where they fit
+            # (what pg_restore's documentation advises; these hold for this transaction only)
+            conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+            conn.execute("SET LOCAL work_mem = '64MB'")
             self._restore(conn)
             if self.dry_run:
                 conn.rollback()
@@ -605,6 +677,7 @@ class JsonRestore:
                 continue
             self._note_ignored(table, entry.columns)
             table.restore_columns = columns
+            table.copy_kinds = _copy_kinds(conn, table)
             streamed.append(table)
         return streamed
 
@@ -634,7 +707,7 @@ class JsonRestore:
 
     def _stage(self, conn: Conn, index: int, item: ExportInput, target: dict[str, TargetTable],
                streamed: dict[str, TargetTable]) -> _Staged:
-        sinks: dict[str, _CopySink | _DirectSink] = {}
+        sinks: dict[str, _CopySink | _DirectSink | _CopyTextSink] = {}
         unknown: list[str] = []
 
         def handler(key: str) -> RowSink | None:
@@ -646,14 +719,20 @@ class JsonRestore:
             if key in sinks:
                 raise IntegrityError(f"{item.label}: table {key!r} appears twice in the export")
             if key in streamed:
-                direct = _DirectSink(conn, streamed[key], self.progress)
-                streamed[key].streamed = direct
+                table = streamed[key]
+                backup_columns = item.manifest.tables[key].columns if item.manifest is not None else []
+                direct: _DirectSink | _CopyTextSink
+                if table.copy_kinds is not None and backup_columns:
+                    direct = _CopyTextSink(conn, table, backup_columns, self.progress)
+                else:
+                    direct = _DirectSink(conn, table, self.progress)
+                table.streamed = direct
                 sinks[key] = direct
             else:
                 sinks[key] = _CopySink(conn, f"backupd_raw_{index}_{len(sinks)}", key, self.progress)
             entry = item.manifest.tables.get(key) if item.manifest is not None else None
-            if entry is not None and entry.checksum.startswith(CHECKSUM_PREFIX):
-                sinks[key].checksum = TableChecksum()
+            if entry is not None:
+                sinks[key].checksum = TableChecksum.like(entry.checksum)
             return sinks[key]
 
         log.info("restore_staging", source=item.label)

@@ -42,12 +42,13 @@ import structlog
 
 from backupd import proc
 from backupd.catalog import Table
-from backupd.checksum import TableChecksum
+from backupd.checksum import DEFAULT_ALGORITHM, TableChecksum
 from backupd.config import Config, DestinationConfig
 from backupd.db import connect, describe, one_line, quote_ident, split_dsn, with_dbname
 from backupd.destinations import build
 from backupd.destinations.base import Destination
-from backupd.errors import BackupdError, CommandError, IntegrityError, NotFound, SourceError
+from backupd.errors import BackupdError, CommandError, NotFound, SourceError
+from backupd.jsonreader import ExportReader
 from backupd.manifest import ArtifactEntry, Manifest, iso, now_utc
 from backupd.pipeline import Decryptor, open_decoded
 from backupd.redact import redact
@@ -288,108 +289,45 @@ def count_copy_rows(stream: BinaryIO) -> dict[str, int]:
     return counts
 
 
-@dataclass
-class ExportStats:
-    """What streaming a JSON export found: per table rows and content checksums, and its header."""
+class _CountingSink:
+    """A RowSink that only counts a table's rows and sums their checksum."""
 
-    header: dict[str, Any] = field(default_factory=dict)
-    tables: dict[str, TableChecksum] = field(default_factory=dict)
-    record_count: dict[str, int] = field(default_factory=dict)
-    deleted: dict[str, Any] = field(default_factory=dict)
+    def __init__(self, checksum: TableChecksum) -> None:
+        self.checksum = checksum
 
+    def write_rows(self, rows: list[bytes]) -> None:
+        self.checksum.add_lines(rows)
 
-class ExportLayoutError(IntegrityError):
-    """The JSON export is not in the one-row-per-line layout backupd writes."""
-
-
-def export_events(stream: BinaryIO, stats: ExportStats, where: str) -> Iterator[tuple[str, list[bytes]]]:
-    """Stream a backupd JSON export: yields (table, batch of row lines); fills `stats` as it goes.
-
-    Raises ExportLayoutError when the document is not in backupd's one-row-per-line layout.
-    """
-    lines = iter(stream)
-
-    def bad(what: str) -> ExportLayoutError:
-        return ExportLayoutError(f"{where}: not a backupd JSON export ({what})")
-
-    first = next(lines, b"").rstrip(b"\r\n")
-    try:
-        header = json.loads(first[:-1] + b"}") if first.endswith(b",") else None
-    except ValueError:
-        header = None
-    if not isinstance(header, dict) or "version" not in header:
-        raise bad("unreadable header")
-    stats.header = header
-    if next(lines, b"").rstrip(b"\r\n") != b'"data": {':
-        raise bad("no data section")
-    table: str | None = None
-    batch: list[bytes] = []
-    for raw in lines:
-        line = raw.rstrip(b"\r\n")
-        if table is None:
-            if line in (b"},", b"}"):
-                break
-            opened = line.rstrip(b",")
-            empty = opened.endswith(b"[]")
-            if not (opened.endswith(b": [") or empty):
-                raise bad(f"unexpected line {line[:60]!r}")
-            try:
-                key = json.loads(opened[: opened.rindex(b":")])
-            except ValueError:
-                raise bad(f"unreadable table name {line[:60]!r}") from None
-            stats.tables.setdefault(key, TableChecksum())
-            if not empty:
-                table = key
-            continue
-        if line in (b"]", b"],"):
-            if batch:
-                stats.tables[table].add_lines(batch)
-                yield table, batch
-                batch = []
-            table = None
-            continue
-        batch.append(line[:-1] if line.endswith(b",") else line)
-        if len(batch) >= 2000:
-            stats.tables[table].add_lines(batch)
-            yield table, batch
-            batch = []
-    if table is not None:
-        raise bad(f"table {table} is not closed")
-    for raw in lines:
-        line = raw.rstrip(b"\r\n")
-        if not line:
-            continue
-        try:
-            part = json.loads(b"{" + (line[:-1] + b"}" if line.endswith(b",") else line))
-        except ValueError:
-            raise bad(f"unreadable trailer {line[:60]!r}") from None
-        if isinstance(part, dict):
-            if isinstance(part.get("recordCount"), dict):
-                stats.record_count = {str(k): int(v) for k, v in part["recordCount"].items()}
-            if isinstance(part.get("deleted"), dict):
-                stats.deleted = part["deleted"]
+    def finish(self, keys: list[str]) -> None:
+        return None
 
 
 def _check_export(stream: BinaryIO, manifest: Manifest, where: str) -> tuple[str, list[str]]:
-    stats = ExportStats()
-    for _ in export_events(stream, stats, where):
-        pass
+    tables: dict[str, TableChecksum] = {}
+
+    def handler(key: str) -> _CountingSink:
+        entry = manifest.tables.get(key)
+        checksum = (TableChecksum.like(entry.checksum) if entry is not None else None) or TableChecksum()
+        tables[key] = checksum
+        return _CountingSink(checksum)
+
+    document = ExportReader(stream, where).read(handler)
     problems: list[str] = []
-    for key, checksum in stats.tables.items():
-        if key in stats.record_count and stats.record_count[key] != checksum.rows:
-            problems.append(f"table {key}: {checksum.rows} rows, its recordCount says {stats.record_count[key]}")
+    for key, checksum in tables.items():
+        if key in document.record_count and document.record_count[key] != checksum.rows:
+            problems.append(f"table {key}: {checksum.rows} rows, its recordCount says {document.record_count[key]}")
     if manifest.kind == "full":
         # an incremental's export holds the changed rows only; its manifest describes the tables
         for key, entry in manifest.tables.items():
-            found = stats.tables.get(key)
+            found = tables.get(key)
             if found is None:
                 problems.append(f"table {key}: missing from the export")
             elif found.rows != entry.rows:
                 problems.append(f"table {key}: {found.rows} rows, the manifest says {entry.rows}")
-            elif found.hexdigest != entry.checksum:
+            elif TableChecksum.like(entry.checksum) is not None and found.hexdigest != entry.checksum:
                 problems.append(f"table {key}: content checksum differs from the manifest")
-    rows = sum(c.rows for c in stats.tables.values())
-    return f"{len(stats.tables)} tables, {rows} rows match the manifest", problems
+    rows = sum(c.rows for c in tables.values())
+    return f"{len(tables)} tables, {rows} rows match the manifest", problems
 
 
 def _check_data_sql(stream: BinaryIO, manifest: Manifest) -> tuple[str, list[str]]:
@@ -716,8 +654,10 @@ def _checksums(dsn: str, manifest: Manifest) -> dict[str, tuple[int, str] | str]
         conn.execute(f"SET TIME ZONE '{COMPARE_TIMEZONE}'")
         for key, entry in manifest.tables.items():
             schema, name = _split_key(key)
+            like = TableChecksum.like(entry.checksum)
             try:
-                checksum = table_checksum(conn, Table(schema, name, list(entry.columns), list(entry.primary_key)))
+                checksum = table_checksum(conn, Table(schema, name, list(entry.columns), list(entry.primary_key)),
+                                          like.algorithm if like is not None else DEFAULT_ALGORITHM)
             except SourceError as exc:
                 conn.rollback()
                 found[key] = str(exc)

@@ -168,6 +168,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
 def table_checksums(dsn: str, manifest_tables: dict[str, Any] | None = None) -> dict[str, tuple[int, str]]:
     """Per table (rows, checksum) of a database, over the columns the manifest recorded (or all)."""
     from backupd.catalog import Table, discover
+    from backupd.checksum import DEFAULT_ALGORITHM, TableChecksum
     from backupd.sources.json_export import table_checksum
 
     with psycopg.connect(dsn) as conn:
@@ -179,6 +180,9 @@ def table_checksums(dsn: str, manifest_tables: dict[str, Any] | None = None) -> 
                     continue
                 columns = manifest_tables[table.key]["columns"]
                 table = Table(table.schema, table.name, columns, table.primary_key)
-            checksum = table_checksum(conn, table)
+                like = TableChecksum.like(manifest_tables[table.key]["checksum"])
+                checksum = table_checksum(conn, table, like.algorithm if like else DEFAULT_ALGORITHM)
+            else:
+                checksum = table_checksum(conn, table)
             result[table.key] = (checksum.rows, checksum.hexdigest)
         return result

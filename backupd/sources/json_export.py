@@ -19,7 +19,7 @@ import psycopg
 import structlog
 
 from backupd.catalog import Table
-from backupd.checksum import LineSplitter, TableChecksum
+from backupd.checksum import DEFAULT_ALGORITHM, LineSplitter, TableChecksum
 from backupd.db import one_line
 from backupd.errors import SourceError
 from backupd.manifest import TableEntry, iso
@@ -36,14 +36,30 @@ class Writable(Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
 
 
+COPY_BATCH_BYTES = 1 << 20
+
+
 def copy_lines(conn: psycopg.Connection[tuple[object, ...]], sql: str, what: str) -> Iterator[list[bytes]]:
     """Batches of complete lines (without newlines) of a `COPY ... TO STDOUT`; a database error
-    becomes a SourceError saying `what` failed."""
+    becomes a SourceError saying `what` failed.
+
+    libpq hands COPY data over one row at a time: rows are gathered into batches of about
+    COPY_BATCH_BYTES, so that hashing, compressing and writing work a batch per call, not a row."""
     splitter = LineSplitter()
     try:
         with conn.cursor().copy(sql) as copy:
+            pending: list[bytes | bytearray | memoryview] = []
+            size = 0
             for chunk in copy:
-                lines = splitter.feed(chunk)
+                pending.append(chunk)
+                size += len(chunk)
+                if size >= COPY_BATCH_BYTES:
+                    lines = splitter.feed(b"".join(pending))
+                    pending, size = [], 0
+                    if lines:
+                        yield lines
+            if pending:
+                lines = splitter.feed(b"".join(pending))
                 if lines:
                     yield lines
         rest = splitter.finish()
@@ -59,7 +75,8 @@ def copy_json_lines(conn: psycopg.Connection[tuple[object, ...]], table: Table,
     return copy_lines(conn, table.json_copy_sql(where), f"exporting {table.key}")
 
 
-def table_checksum(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> TableChecksum:
+def table_checksum(conn: psycopg.Connection[tuple[object, ...]], table: Table,
+                   algorithm: str = DEFAULT_ALGORITHM) -> TableChecksum:
     """Rows and checksum of a table as it is now (for verification after a restore).
 
     Renders values with the same session settings as a backup (UTC, ISO dates), for this session.
@@ -68,7 +85,7 @@ def table_checksum(conn: psycopg.Connection[tuple[object, ...]], table: Table) -
 
     for name, value in RENDERING_SETTINGS.items():
         conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-    checksum = TableChecksum()
+    checksum = TableChecksum(algorithm)
     for lines in copy_json_lines(conn, table):
         checksum.add_lines(lines)
     return checksum

@@ -145,7 +145,7 @@ class TrackedJsonExportSource:
 
     def _rows_by_key(self, conn: psycopg.Connection[tuple[object, ...]], table: Table,
                      keys: list[bytes]) -> list[bytes]:
-        sql = (f"SELECT row_to_json(t)::text FROM ({table.select_sql()}) t "
+        sql = (f"SELECT row_to_json(t.*)::text FROM ({table.select_sql()}) t "
                f"WHERE {key_expression(table)} = ANY(%s::text[])")
         try:
             rows = conn.execute(sql.encode(), ([k.decode() for k in keys],)).fetchall()

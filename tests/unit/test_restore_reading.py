@@ -20,9 +20,9 @@ class Collect:
         self.rows: list[str] = []
         self.keys: list[str] = []
 
-    def write_rows(self, rows: list[str]) -> None:
-        assert all("\n" not in r for r in rows)
-        self.rows += rows
+    def write_rows(self, rows: list[bytes]) -> None:
+        assert all(b"\n" not in r for r in rows)
+        self.rows += [r.decode() for r in rows]
 
     def finish(self, keys: list[str]) -> None:
         self.keys = keys
@@ -125,3 +125,61 @@ def test_line_filter_drops_lines_across_chunk_boundaries():
 def test_which_psql_knows_restrict(version, expected):
     major = int(version.split(".")[0])
     assert knows_restrict(PgTool("/usr/bin/psql", major, version)) is expected
+
+
+def _written(tables: dict[str, list[dict[str, Any]]], deleted: dict[str, list[object]] | None = None) -> bytes:
+    """A document exactly as backupd's JsonDocumentWriter lays it out."""
+    from datetime import UTC, datetime
+
+    from backupd.sources.json_export import JsonDocumentWriter
+
+    out = io.BytesIO()
+    writer = JsonDocumentWriter(out, list(tables), datetime(2026, 11, 28, tzinfo=UTC))
+    for key, rows in tables.items():
+        lines = [json.dumps(r, separators=(",", ":"), ensure_ascii=False).encode() for r in rows]
+        writer.table(key, [lines[i:i + 300] for i in range(0, len(lines), 300)])
+    writer.finish(deleted)
+    return out.getvalue()
+
+
+WRITTEN = {
+    "empty_first": [],
+    "many": [{"id": i, "body": "é" * (i % 700), "tags": ["a,b", "c"]} for i in range(5000)],
+    "big": [{"id": 1, "body": "z" * (3 << 20)}, {"id": 2, "body": "small"}],
+    "empty_middle": [],
+    "one": [{"id": 7}],
+    "empty_last": [],
+}
+
+
+@pytest.mark.parametrize("step", [None, 1 << 20, 65536, 997])
+def test_backupd_writer_layout_reads_back_row_for_row(step):
+    """backupd's own layout goes through the bytes line reader: rows across block boundaries,
+    a row larger than a block, empty tables first, between and last."""
+    document, sinks = read(_written(WRITTEN, {"many": [{"id": 3}]}), step)
+    for key, rows in WRITTEN.items():
+        assert [json.loads(r) for r in sinks[key].rows] == rows, key
+        assert document.rows.get(key, 0) == len(rows)
+    assert sinks["many"].keys == ["id", "body", "tags"]
+    assert document.deleted == {"many": [{"id": 3}]}
+    assert document.record_count == {key: len(rows) for key, rows in WRITTEN.items()}
+    assert document.tables == list(WRITTEN) and document.format == "full"
+
+
+def test_backupd_writer_layout_cut_anywhere_is_refused():
+    raw = _written({"a": [{"id": i} for i in range(40)], "b": [], "c": [{"id": 1}]})
+    for cut in range(raw.index(b'"data"'), len(raw) - 1, 7):
+        with pytest.raises(IntegrityError, match="truncated|not a valid JSON export"):
+            read(raw[:cut], 64)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw.replace(b'\n"b": []', b'\n"b": [ oops'), "unexpected line"),
+    (lambda raw: raw.replace(b'\n]', b'\n}', 1), "unexpected line"),
+    (lambda raw: raw.replace(b'"recordCount": {', b'"recordCount": {{'), "unexpected line"),
+    (lambda raw: raw + b"trailing", "unexpected text after the document"),
+])
+def test_backupd_writer_layout_damage_is_refused(damage, message):
+    raw = _written({"a": [{"id": i} for i in range(40)], "b": []})
+    with pytest.raises(IntegrityError, match=message):
+        read(damage(raw), 13)
