@@ -119,11 +119,11 @@ class KeyWriter:
         self._writer = zstandard.ZstdCompressor(level=1).stream_writer(self._file, closefd=False)
         self.count = 0
 
-    def add(self, keys: Iterable[bytes]) -> None:
+    def add(self, keys: list[bytes]) -> None:
         """Append keys (already in order)."""
-        for key in keys:
-            self._writer.write(key + b"\n")
-            self.count += 1
+        if keys:
+            self._writer.write(b"\n".join(keys) + b"\n")
+            self.count += len(keys)
 
     def close(self) -> None:
         """Flush and close the file."""

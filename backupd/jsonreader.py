@@ -2,8 +2,10 @@
 
 Two layouts are read:
 
-- backupd's own (`JsonDocumentWriter`): one row per line. Rows are cut at newlines without being
-  parsed in Python; PostgreSQL parses them when they are staged.
+- backupd's own (`JsonDocumentWriter`): a header line, then one row per line. Read as bytes
+  (`_LineLayoutReader`): blocks of whole rows are cut with one split each and handed over
+  without being decoded or parsed here; whoever loads them (PostgreSQL, or backupd.copytext)
+  checks them.
 - any other valid JSON document (the Jarvis app's own export, pretty-printed or on one huge line):
   each row is found with the C JSON scanner, and its original text (never a re-serialisation, so
   numerics such as `12.50` stay exact) is passed on with raw newlines turned into spaces (a raw

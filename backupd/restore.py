@@ -9,7 +9,10 @@ Order of work, all inside one transaction on the target:
    refused here; so are rows whose count or content checksum differs from the manifest's
    per-table entry (rows changed behind a re-made sha256). A full backup restored into empty
    tables streams its rows straight into them instead (same checks, same transaction: nothing is
-   committed before the last byte was verified).
+   committed before the last byte was verified), turned into COPY text in this process
+   (backupd.copytext) so that the one restoring backend only parses COPY text; a table with a
+   column type that conversion does not take is inserted a batch at a time with
+   `json_populate_recordset`.
 2. Type. Rows become typed temporary tables (`json_populate_record` over the target's own row
    type: PostgreSQL parses every value, so numerics, intervals, bytea and arrays restore exactly).
    The chain is folded here: each incremental's rows replace the staged rows with the same

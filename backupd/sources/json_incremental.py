@@ -100,8 +100,24 @@ class TrackedJsonExportSource:
             self._write_keys(conn, table)
             return
         assert previous is not None and self.plan.since is not None
-        whole = not table.has_updated_at
-        where = "" if whole else since_condition(self.plan.since)
+        deleted_path = scratch / f"{table.key}.deleted"
+        if not table.has_updated_at:
+            # exported whole, as in a full (no sort by key); its deletions are the previous
+            # key set minus this one
+            yield from copy_json_lines(conn, table)
+            deleted_writer = KeyWriter(deleted_path)
+            new_keys = self.keys.writer(self.backup_id, table.key)
+            try:
+                merge_keys(read_keys(self.keys.path(previous, table.key)),
+                           self._stream_keys(conn, table, new_keys), iter(()),
+                           lambda key: deleted_writer.add([key]), lambda key: None)
+            finally:
+                deleted_writer.close()
+                new_keys.close()
+            if deleted_writer.count:
+                deleted[table.key] = deleted_path
+            return
+        where = since_condition(self.plan.since)
         exported_path = scratch / f"{table.key}.exported"
         key_writer = KeyWriter(exported_path)
         try:
@@ -111,7 +127,6 @@ class TrackedJsonExportSource:
                 yield rows
         finally:
             key_writer.close()
-        deleted_path = scratch / f"{table.key}.deleted"
         deleted_writer = KeyWriter(deleted_path)
         missed: list[bytes] = []
         new_keys = self.keys.writer(self.backup_id, table.key)
