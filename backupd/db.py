@@ -25,6 +25,10 @@ def split_dsn(dsn: str) -> tuple[str, dict[str, str]]:
     if password:
         env["PGPASSWORD"] = str(password)
     params.setdefault("application_name", APPLICATION_NAME)
+    if params.get("options"):
+        # a DSN that sets session options may set a statement_timeout: pg_dump and psql lift it
+        # themselves, but only after their first queries, which a tiny timeout can still cancel
+        params["options"] = f"{params['options']} -c statement_timeout=0"
     return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None}), env
 
 

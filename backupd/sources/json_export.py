@@ -115,11 +115,19 @@ class JsonDocumentWriter:
         self._first_table = False
         self.out.write(prefix + json.dumps(key, ensure_ascii=False).encode() + b": [")
         count = 0
-        for lines in batches:
-            if not lines:
-                continue
-            self.out.write((b",\n" if count else b"\n") + b",\n".join(lines))
-            count += len(lines)
+        try:
+            for lines in batches:
+                if not lines:
+                    continue
+                self.out.write((b",\n" if count else b"\n") + b",\n".join(lines))
+                count += len(lines)
+        except BaseException:
+            # end the COPY feeding `batches` now (psycopg cancels and drains it): left open, the
+            # session's next statement (the snapshot's rollback) would wait on it forever
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+            raise
         self.out.write(b"\n]" if count else b"]")
         self.counts[key] = count
 
