@@ -249,15 +249,6 @@ class ExportReader:
         """Stream one table's array (its '[' already consumed) into `sink`; returns the row keys."""
         count = 0
         keys: dict[str, None] = {}
-        # backupd's layout: '[' then a newline, one row per line, ']' on its own line
-        while len(self._buf) - self._pos < 2 and self._fill():
-            pass
-        line_mode = self._buf.startswith("\n{", self._pos)
-        if line_mode:
-            count, done = self._line_rows(sink, keys)
-            if done:
-                self.document.rows[table] = count
-                return list(keys)
         batch: list[bytes] = []
         if self._peek() == "]":
             self._pos += 1
@@ -282,56 +273,6 @@ class ExportReader:
             sink.write_rows(batch)
         self.document.rows[table] = self.document.rows.get(table, 0) + count
         return list(keys)
-
-    def _line_rows(self, sink: RowSink, keys: dict[str, None]) -> tuple[int, bool]:
-        """Rows one per line; returns (rows, finished). Not finished: a line was not one whole
-        row, and reading goes on with the JSON scanner from that line's start."""
-        count = 0
-        self._pos += 1  # the newline after '['
-
-        def emit(rows: list[str]) -> None:
-            if not keys:
-                keys.update(dict.fromkeys(json.loads(rows[0])))
-            sink.write_rows([row.encode() for row in rows])
-
-        while True:
-            end = self._buf.rfind("\n", self._pos)
-            if end < 0:
-                if not self._fill():
-                    return count, False
-                continue
-            block = self._buf[self._pos:end]
-            if block.startswith("{") and block.endswith("},") and block.count("\n") == block.count("},\n{"):
-                # the common case: every line of the block is a whole row followed by a comma
-                rows = block[:-1].split(",\n")
-                emit(rows)
-                count += len(rows)
-                self._pos = end + 1
-                if self._pos >= len(self._buf):
-                    self._fill()
-                continue
-            rows = []
-            offset = self._pos
-            for line in block.split("\n"):
-                row = line.removesuffix(",")
-                if row.startswith("{") and row.endswith("}"):
-                    rows.append(row)
-                    offset += len(line) + 1
-                    continue
-                if rows:
-                    emit(rows)
-                    count += len(rows)
-                self._pos = offset
-                if line.startswith("]"):
-                    self._pos += 1
-                    return count, True
-                return count, False
-            if rows:
-                emit(rows)
-                count += len(rows)
-            self._pos = end + 1
-            if self._pos >= len(self._buf):
-                self._fill()
 
 
 # -- backupd's own layout, read as bytes -----------------------------------------------------------
