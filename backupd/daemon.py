@@ -390,7 +390,7 @@ class Daemon:
     def _housekeeping(self, force: bool = False) -> None:
         """Health into status.json and the metrics file; the stale alert check."""
         config = self.config
-        store = StatusStore(config.state.dir)
+        store = StatusStore(config.state.dir, config.state.stale_after)
         try:
             before = _stat(store.status_path)
             status = store.load()
@@ -401,7 +401,7 @@ class Daemon:
                 getattr(log, level)("health_changed", health=state["health"], age_hours=state["age_hours"],
                                     previous=self._last_health)
                 self._last_health = state["health"]
-            if force or any(status.get(k) != v for k, v in wanted.items() if k != "age_hours"):
+            if force or any(status.get(k) != v for k, v in wanted.items() if k not in ("age_hours", "health_computed_at")):
                 status.update(wanted)
                 # a manual `backupd backup` may have written status.json meanwhile: never overwrite it
                 if _stat(store.status_path) == before:

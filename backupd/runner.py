@@ -97,7 +97,7 @@ class Runner:
     def __init__(self, config: Config, *, on_phase: PhaseCallback | None = None) -> None:
         self.config = config
         self.state_dir = config.state.dir
-        self.status = StatusStore(self.state_dir)
+        self.status = StatusStore(self.state_dir, config.state.stale_after)
         self.on_phase = on_phase or (lambda phase: None)
         self._snapshot: Snapshot | None = None
         from backupd.incremental import BackupPlan

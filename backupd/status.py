@@ -1,7 +1,9 @@
 """status.json (replaced atomically after every run), history.jsonl (one line per run), health.
 
 Health: `never` (no run yet), `failing` (the latest run failed, or the latest drill at any
-destination failed), `stale` (last success older than stale_after), else `healthy`.
+destination failed), `stale` (last success older than stale_after), else `healthy`. `health()` is
+the one place it is computed: `backupd status`, the metrics, the daemon and every write of
+status.json (`health`, `age_hours`, `health_computed_at`) use it.
 """
 
 from __future__ import annotations
@@ -67,10 +69,12 @@ def parse_time(text: str | None) -> datetime | None:
 
 
 class StatusStore:
-    """Reads and writes the state dir's status and history."""
+    """Reads and writes the state dir's status and history. With `stale_after`, every save
+    also writes the health computed at that moment (`health`, `age_hours`, `health_computed_at`)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, stale_after: timedelta | None = None) -> None:
         self.dir = state_dir
+        self.stale_after = stale_after
 
     @property
     def status_path(self) -> Path:
@@ -89,7 +93,9 @@ class StatusStore:
         return data if isinstance(data, dict) else {}
 
     def save(self, status: dict[str, Any]) -> None:
-        """Replace status.json atomically."""
+        """Replace status.json atomically (with its health, when the store knows stale_after)."""
+        if self.stale_after is not None:
+            status.update(health(status, self.stale_after))
         atomic_write(self.status_path, (json.dumps(redact_obj(status), indent=2) + "\n").encode())
 
     def append_history(self, record: dict[str, Any]) -> None:
@@ -183,7 +189,7 @@ class StatusStore:
 
 
 def health(status: dict[str, Any], stale_after: timedelta, now: datetime | None = None) -> dict[str, Any]:
-    """Health and age of a status: {'health', 'age_hours', ...} (see module docstring)."""
+    """Health and age of a status: {'health', 'age_hours', 'health_computed_at'} (see module docstring)."""
     now = now or datetime.now(UTC)
     last_run = status.get("last_run")
     last_success = parse_time((status.get("last_success") or {}).get("finished"))
@@ -197,4 +203,4 @@ def health(status: dict[str, Any], stale_after: timedelta, now: datetime | None 
         state = "stale"
     else:
         state = "healthy"
-    return {"health": state, "age_hours": age_hours}
+    return {"health": state, "age_hours": age_hours, "health_computed_at": iso(now)}

@@ -736,7 +736,7 @@ def record_result(config: Config, report: VerifyReport) -> dict[str, Any]:
     failure. Returns the new status. A failure to alert is logged, never raised."""
     from backupd.status import atomic_write
 
-    store = StatusStore(config.state.dir)
+    store = StatusStore(config.state.dir, config.state.stale_after)
     record = report.record()
     status = store.record_drill(record, [d.name for d in config.destinations])
     with store.locked():
@@ -845,7 +845,7 @@ def run_scheduled_drills(config: Config, now: datetime | None = None, *,
         if report is not None:
             reports.append(report)
     try:
-        StatusStore(config.state.dir).mark_scheduled_drill(now)
+        StatusStore(config.state.dir, config.state.stale_after).mark_scheduled_drill(now)
     except BackupdError as exc:
         log.error("status_write_failed", error=str(exc))
     return reports
