@@ -45,15 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns (and exits with) the exit code."""
+    from backupd import log
+
+    plain = (sys.stdout, sys.stderr)
+    if log.resolve_format("auto") == "journal":
+        log.prefix_plain_output()  # a usage error under systemd is a journal line too
     parser = build_parser()
     args = parser.parse_args(argv)
     for name, default in (("config", None), ("log_format", "auto"), ("verbose", 0), ("quiet", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
-    from backupd import log
-
     verbosity = args.verbose - (1 if args.quiet else 0)
-    log.configure(args.log_format, verbosity)
+    sys.stdout, sys.stderr = plain  # structlog writes its own prefixes; --log-format may differ
+    if log.configure(args.log_format, verbosity) == "journal":
+        log.prefix_plain_output()
     os.umask(0o077)
     try:
         code = int(args.handler(args))
@@ -78,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             sys.stderr.write(redact("".join(traceback.format_exception(exc))))
         code = 1
+    for stream in (sys.stdout, sys.stderr):
+        close_line = getattr(stream, "close_line", None)
+        if close_line is not None:
+            close_line()
     sys.stdout.flush()
     return code
 

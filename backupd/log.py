@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections import deque
 from collections.abc import MutableMapping
@@ -88,6 +89,91 @@ def resolve_format(requested: str, stream: TextIO = sys.stderr) -> str:
     if stream.isatty():
         return "console"
     return "logfmt"
+
+
+_PREFIXED = re.compile(r"<[0-7]>")
+_ERROR_LINE = re.compile(r"(backupd: (error|config error|internal error|usage)|usage: |Traceback )")
+
+
+def plain_priority(line: str) -> int:
+    """The syslog priority of a plain (non-log) stderr line: errors (`backupd: error: ...`, a
+    usage message, a traceback) 3, warnings 4, hints and the rest 6."""
+    if _ERROR_LINE.match(line):
+        return 3
+    if line.startswith("backupd: warning"):
+        return 4
+    return 6
+
+
+class JournalLines:
+    """A text stream that gives every line it passes the `<N>` priority prefix journald reads,
+    unless the line already has one. `priority` is the default for the stream's lines; None
+    picks it per line (`plain_priority`)."""
+
+    def __init__(self, stream: TextIO, priority: int | None = None) -> None:
+        self.stream = stream
+        self.priority = priority
+        self._pending = ""
+        self._last = 6
+
+    def _prefix(self, line: str) -> str:
+        if not line or _PREFIXED.match(line):
+            return line
+        if self.priority is not None:
+            return f"<{self.priority}>{line}"
+        if not line[:1].isspace():  # an indented line continues the one before (a usage message)
+            self._last = plain_priority(line)
+        return f"<{self._last}>{line}"
+
+    def write(self, text: str) -> int:
+        """Write `text`; complete lines go out prefixed, a partial line waits for its end."""
+        data = self._pending + text
+        *lines, self._pending = data.split("\n")
+        if lines:
+            self.stream.write("".join(self._prefix(line) + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        """Flush the underlying stream (a partial line stays until its newline or close)."""
+        self.stream.flush()
+
+    def close_line(self) -> None:
+        """Write out a last line that has no newline."""
+        if self._pending:
+            self.stream.write(self._prefix(self._pending) + "\n")
+            self._pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def journal_stream_of(stream: TextIO) -> bool:
+    """True when `stream` is the journald stream systemd names in JOURNAL_STREAM (`dev:inode`)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(expected) and expected == f"{info.st_dev}:{info.st_ino}"
+
+
+def emit(stream: TextIO, line: str, priority: int) -> None:
+    """Write one human line (a command's summary) with its journald priority when `stream` goes
+    to the journal (prefixed by `prefix_plain_output`), as plain text otherwise."""
+    if isinstance(stream, JournalLines):
+        line = f"<{priority}>{line}"
+    stream.write(line + "\n")
+
+
+def prefix_plain_output() -> None:
+    """Under journald (the `journal` log format), give every plain line on stderr its priority
+    prefix, and on stdout too when stdout is itself the journal stream (JOURNAL_STREAM), so
+    `journalctl -p` sees a command's error and summary lines at their level, not all at info."""
+    if not isinstance(sys.stderr, JournalLines):
+        sys.stderr = JournalLines(sys.stderr)
+    if not isinstance(sys.stdout, JournalLines) and journal_stream_of(sys.stdout):
+        sys.stdout = JournalLines(sys.stdout, priority=6)
 
 
 def configure(fmt: str = "auto", verbosity: int = 0, stream: TextIO | None = None) -> str:

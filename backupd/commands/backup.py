@@ -12,6 +12,7 @@ from typing import Any
 
 from backupd.commands.common import config_from, human_bytes
 from backupd.errors import Abandoned
+from backupd.log import emit
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -61,10 +62,10 @@ def handle(args: argparse.Namespace) -> int:
         manifest = result.manifest
         assert manifest is not None
         stored = ", ".join(n for n, r in result.destinations.items() if r["ok"])
-        sys.stdout.write(
-            f"backup {result.id} {result.outcome}: {manifest.kind}, {manifest.total_rows} rows, "
-            f"{human_bytes(manifest.total_bytes)}, {result.duration_seconds:.1f}s -> {stored}\n"
-        )
+        # journald: a stored backup is a notice, a partial one a warning
+        emit(sys.stdout, f"backup {result.id} {result.outcome}: {manifest.kind}, {manifest.total_rows} rows, "
+             f"{human_bytes(manifest.total_bytes)}, {result.duration_seconds:.1f}s -> {stored}",
+             5 if result.outcome == "success" else 4)
         for name, r in result.destinations.items():
             if not r["ok"]:
                 sys.stderr.write(f"backupd: error: destination {name} failed: {r['error']}\n")
