@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import stat
 import tomllib
 import zoneinfo
@@ -329,6 +330,14 @@ class Retention(Section):
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+# [marker] [host patterns] key-type base64 [comment], as in known_hosts and ssh-keyscan's output
+_HOST_KEY_LINE = re.compile(r"^(@[a-z-]+\s+)?(\S+\s+)?(ssh-[a-z0-9-]+|ecdsa-sha2-[a-z0-9-]+|sk-[a-z0-9@.-]+)"
+                            r"(@openssh\.com)?\s+[A-Za-z0-9+/]+={0,3}(\s.*)?$")
+_SSH_OPTIONS_BACKUPD_SETS = ("StrictHostKeyChecking", "BatchMode", "UserKnownHostsFile", "GlobalKnownHostsFile",
+                             "IdentitiesOnly")
+
+
 class DestinationBase(Section):
     """Keys every destination has."""
 
@@ -364,11 +373,62 @@ class LocalDestinationConfig(DestinationBase):
 class GitDestinationConfig(DestinationBase):
     """A git working repository with plain per-table JSON, one commit per backup."""
 
-    secret_keys: ClassVar[tuple[str, ...]] = ("remote",)
+    secret_keys: ClassVar[tuple[str, ...]] = ("remote", "ssh_key")
     type: Literal["git"]
     path: Path = Field(description="working repository (created if missing)")
     remote: SecretStr | None = Field(default=None, description="URL or path to push to (optional)")
     branch: str = Field(default="main", description="branch to commit to")
+    ssh_key: SecretStr | None = Field(
+        default=None, description="private key for an ssh remote (usually ssh_key_file = PATH, or the credential "
+                                  "ssh_key); handed to ssh as a private temp file, never on a command line")
+    known_hosts_file: Path | None = Field(
+        default=None, description="known_hosts file holding the ssh remote's host key (the only one trusted)")
+    host_key: str = Field(
+        default="", description="the ssh remote's public host key, pinned: a line of `ssh-keyscan HOST` "
+                                "(several lines for several key types)")
+    ssh_command: str = Field(
+        default="ssh", description="ssh program and extra options (e.g. \"ssh -p 2222\"); backupd adds the key, "
+                                   "the pinned host key and BatchMode")
+
+    @field_validator("ssh_key")
+    @classmethod
+    def _ssh_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _PRIVATE_KEY.search(value.get_secret_value()):
+            raise ValueError("not a private key (expected a -----BEGIN ... PRIVATE KEY----- block; "
+                             "the .pub file is the public half)")
+        return value
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key(cls, value: str) -> str:
+        lines = [line.strip() for line in value.strip().splitlines() if line.strip() and not line.startswith("#")]
+        for line in lines:
+            if not _HOST_KEY_LINE.match(line):
+                raise ValueError("expected a public key line such as `github.com ssh-ed25519 AAAA...` "
+                                 "(a line of ssh-keyscan's output)")
+        return "\n".join(lines)
+
+    @field_validator("ssh_command")
+    @classmethod
+    def _ssh_command(cls, value: str) -> str:
+        try:
+            words = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into words: {exc}") from None
+        if not words:
+            raise ValueError("must name the ssh program")
+        text = " ".join(words).lower().replace("-o ", "-o")
+        for option in _SSH_OPTIONS_BACKUPD_SETS:
+            if f"-o{option.lower()}" in text:
+                raise ValueError(f"must not set {option}: backupd sets it (pin the host key with host_key or "
+                                 "known_hosts_file; the key with ssh_key_file)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_host_key_source(self) -> GitDestinationConfig:
+        if self.host_key and self.known_hosts_file is not None:
+            raise ValueError("give either host_key or known_hosts_file, not both")
+        return self
 
 
 class S3DestinationConfig(DestinationBase):

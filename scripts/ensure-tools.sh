@@ -9,6 +9,7 @@ command -v rclone  >/dev/null 2>&1 || missing="$missing rclone"
 command -v age     >/dev/null 2>&1 || missing="$missing age"
 command -v sqlite3 >/dev/null 2>&1 || missing="$missing sqlite3"
 command -v psql    >/dev/null 2>&1 || missing="$missing postgresql-client"
+[ -x /usr/sbin/sshd ]              || missing="$missing openssh-server"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing:$missing"

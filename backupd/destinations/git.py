@@ -48,6 +48,7 @@ import structlog
 from backupd import proc
 from backupd.config import GitDestinationConfig
 from backupd.destinations.base import StagedBackup
+from backupd.destinations.gitremote import diagnose, is_ssh_remote, ssh_environment, ssh_target
 from backupd.errors import CommandError, DestinationError, IntegrityError, NotFound
 from backupd.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from backupd.pipeline import open_decoded
@@ -362,6 +363,17 @@ class GitDestination:
     def _open_blob(self, spec: str) -> _ProcessStream:
         return _ProcessStream(["git", "-C", str(self.path), "cat-file", "blob", spec], self._env())
 
+    def _remote_git(self, *args: str, timeout: float) -> bytes:
+        """Run a git command that talks to the remote (over ssh with the key and pinned host key)."""
+        with ssh_environment(self.config, self.remote) as ssh:
+            return proc.run(["git", "-C", str(self.path), *args], env=self._env(ssh), timeout=timeout)
+
+    def _remote_error(self, action: str, exc: CommandError) -> DestinationError:
+        assert self.remote is not None
+        problem = diagnose(exc, self.config, self.remote, self.branch)
+        return DestinationError(f"{action} failed: {exc.argv0} exited with code {exc.returncode}: {problem.reason}",
+                                problem.hint, transient=problem.transient)
+
     def _push(self, lease: str | None = None) -> None:
         if not self.remote:
             return
@@ -370,16 +382,9 @@ class GitDestination:
             args.append(f"--force-with-lease={self.ref}:{lease}")
         args += [REMOTE_NAME, f"{self.ref}:{self.ref}"]
         try:
-            proc.run(["git", "-C", str(self.path), *args], env=self._env(), timeout=self.config.timeout.total_seconds())
+            self._remote_git(*args, timeout=self.config.timeout.total_seconds())
         except CommandError as exc:
-            tail = exc.stderr_tail
-            rejected = "rejected" in tail or "non-fast-forward" in tail or "stale info" in tail
-            unreachable = any(w in tail for w in ("Could not resolve", "Connection", "timed out", "unable to access"))
-            raise DestinationError(
-                f"git push to {REMOTE_NAME} ({self.branch}) failed: {exc}",
-                "the remote branch moved on its own: reconcile it by hand" if rejected else None,
-                transient=unreachable and not rejected,
-            ) from None
+            raise self._remote_error(f"git push to {REMOTE_NAME} ({self.branch})", exc) from None
 
     # -- Destination
 
@@ -616,13 +621,36 @@ class GitDestination:
         loose.unlink(missing_ok=True)
         detail = f"repository {self.path} writable"
         if self.remote:
-            try:
-                proc.run(["git", "-C", str(self.path), "ls-remote", "-q", REMOTE_NAME], env=self._env(),
-                         timeout=min(60.0, self.config.timeout.total_seconds()))
-            except CommandError as exc:
-                raise DestinationError(f"{self.name}: remote not reachable: {exc}") from None
-            detail += ", remote reachable"
+            detail += ", " + self.check_remote()
         return detail
+
+    def check_remote(self) -> str:
+        """Connect to the remote (`git ls-remote`) and return a detail line; raises DestinationError
+        whose message says which of the host key, the authentication or the reach failed."""
+        if not self.remote:
+            return "no remote"
+        ssh = is_ssh_remote(self.remote)
+        try:
+            out = self._remote_git("ls-remote", "-q", REMOTE_NAME, self.ref,
+                                   timeout=min(60.0, self.config.timeout.total_seconds()))
+        except CommandError as exc:
+            problem = diagnose(exc, self.config, self.remote, self.branch)
+            what = {"host-key": "host key verification failed", "auth": "authentication refused",
+                    "not-found": "repository not found", "unreachable": "remote unreachable"}.get(
+                problem.kind, "remote check failed")
+            raise DestinationError(f"{self.name}: {what}: {problem.reason}", problem.hint,
+                                   transient=problem.transient) from None
+        tip = out.decode("utf-8", "replace").split()
+        parts = []
+        if ssh:
+            host, port = ssh_target(self.remote)
+            pinned = "pinned" if (self.config.host_key or self.config.known_hosts_file) else "from ~/.ssh/known_hosts"
+            parts += [f"ssh host key of {host}{':' + str(port) if port else ''} verified ({pinned})",
+                      "key accepted" if self.config.ssh_key is not None else "login accepted"]
+        else:
+            parts.append("remote reachable")
+        parts.append(f"{self.branch} at {tip[0][:12]}" if tip else f"{self.branch} not pushed yet")
+        return ", ".join(parts)
 
 
 def _is_local_path(remote: str) -> bool:
