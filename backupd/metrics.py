@@ -80,6 +80,9 @@ def render(status: dict[str, Any], stale_after: timedelta) -> str:
     family("last_run_bytes", "gauge", "Stored bytes of the last backup run (all artifacts).").add(
         float(last_run.get("bytes") or 0))
     family("last_run_rows", "gauge", "Rows exported by the last backup run.").add(float(last_run.get("rows") or 0))
+    run_kind = family("last_run_kind", "gauge", "1 for the kind of the last backup run (full, incremental), else 0.")
+    for name in ("full", "incremental"):
+        run_kind.add(1.0 if last_run and last_run.get("kind", "full") == name else 0.0, kind=name)
     outcome = family("last_run_outcome", "gauge", "1 for the outcome of the last backup run, else 0.")
     for name in ("success", "partial", "failed"):
         outcome.add(1.0 if last_run.get("outcome") == name else 0.0, outcome=name)
@@ -105,6 +108,8 @@ def render(status: dict[str, Any], stale_after: timedelta) -> str:
     health_family = family("health", "gauge", "1 for the current health state (healthy, stale, failing, never).")
     for name in HEALTH_STATES:
         health_family.add(1.0 if state["health"] == name else 0.0, state=name)
+    family("stale_after_seconds", "gauge", "[state] stale_after: a backup older than this is stale.").add(
+        stale_after.total_seconds())
     family("next_run_timestamp_seconds", "gauge", "Unix time of the next scheduled run (0: none).").add(
         _timestamp(status.get("next_run")))
     drill: dict[str, Any] = status.get("last_drill") or {}
@@ -119,6 +124,13 @@ def render(status: dict[str, Any], stale_after: timedelta) -> str:
     drill_outcome = family("last_drill_outcome", "gauge", "1 for the outcome of the last drill, else 0.")
     for name in ("passed", "failed"):
         drill_outcome.add(1.0 if drill.get("outcome") == name else 0.0, outcome=name)
+    family("last_drill_restore_test", "gauge",
+           "1 when the last verification included a restore test (a restore drill), else 0.").add(
+        1.0 if drill.get("restore_test") else 0.0)
+    verify_failed = family("destination_verify_failed", "gauge",
+                           "1 when the latest verification of this destination's backups failed, else 0.")
+    for name, entry in sorted((status.get("drills") or {}).items()):
+        verify_failed.add(1.0 if (entry or {}).get("outcome") == "failed" else 0.0, destination=str(name))
     return "\n".join(f.render() for f in families) + "\n"
 
 
