@@ -62,8 +62,9 @@ class LocalPostgres:
     """initdb + pg_ctl start in a folder; `stop()` stops it and (by default) removes the folder."""
 
     def __init__(self, base_dir: Path | None = None, *, password: str | None = None, major: int | None = None,
-                 keep: bool = False) -> None:
+                 keep: bool = False, superuser: str = "postgres") -> None:
         self.bin_dir = server_bin_dir(major)
+        self.superuser = superuser  # the bootstrap superuser initdb creates
         self._own_base = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="backupd-pg-"))
         self.data_dir = self.base_dir / "data"
@@ -98,7 +99,7 @@ class LocalPostgres:
                 info = pwd.getpwnam(self.user)
                 os.chown(pwfile, info.pw_uid, info.pw_gid)
             os.chmod(pwfile, 0o600)
-            proc.run(self._as_user([str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", "postgres",
+            proc.run(self._as_user([str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.superuser,
                                     "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
                                     "-E", "UTF8", "--locale=C.UTF-8" if _has_c_utf8() else "--no-locale"]),
                      timeout=120)
@@ -112,15 +113,15 @@ class LocalPostgres:
         self.running = True
         return self
 
-    def dsn(self, dbname: str = "postgres", user: str = "postgres", password: str | None = None) -> str:
-        """A postgresql:// URI for a database on this server."""
-        return f"postgresql://{user}:{password or self.password}@127.0.0.1:{self.port}/{dbname}"
+    def dsn(self, dbname: str = "postgres", user: str | None = None, password: str | None = None) -> str:
+        """A postgresql:// URI for a database on this server (as the bootstrap superuser by default)."""
+        return f"postgresql://{user or self.superuser}:{password or self.password}@127.0.0.1:{self.port}/{dbname}"
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """Run SQL through psql as the superuser; returns stdout."""
         psql = self.bin_dir / "psql"
         out = proc.run([str(psql), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1",
-                        "-p", str(self.port), "-U", "postgres", "-d", dbname, "-c", sql],
+                        "-p", str(self.port), "-U", self.superuser, "-d", dbname, "-c", sql],
                        env={"PGPASSWORD": self.password})
         return out.decode()
 

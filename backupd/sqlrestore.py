@@ -23,17 +23,17 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-import psycopg
 import structlog
 
 from backupd import proc
-from backupd.db import connect, describe, one_line, split_dsn
+from backupd.db import describe, split_dsn
 from backupd.destinations.base import Destination
-from backupd.errors import BackupdError, CommandError, IntegrityError, SourceError
+from backupd.errors import CommandError, IntegrityError, SourceError
 from backupd.manifest import Manifest
 from backupd.pgtools import PgTool, candidates, tool_version
 from backupd.pipeline import COPY_BUFFER, Decryptor
 from backupd.restore import RestoreError, RestoreReport, TableCounts, open_artifact
+from backupd.sqltarget import CopyTargets, check_target, inspect_target, plan_roles
 
 log = structlog.get_logger("backupd.restore")
 
@@ -138,9 +138,12 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
                 *, dry_run: bool = False, supabase_skeleton: bool = False) -> RestoreReport:
     """Restore the SQL half of `manifest` into the empty database at `target_dsn`.
 
-    `supabase_skeleton`: first create what a Supabase dump expects of the platform (reserved roles,
-    the auth/storage/extensions schemas; `backupd.supabase_skeleton`), then the backup's roles.sql,
-    all in the same transaction as the dump.
+    The target is an empty database, or a new Supabase project (`backupd.sqltarget`: the
+    platform's own relations are allowed, the tables the data dump loads must be empty). The
+    backup's roles.sql, when it has one, runs first, without what the target cannot take (each
+    skip a warning, also in the report's notes). `supabase_skeleton`: before that, create what a
+    Supabase dump expects of the platform on a plain server (reserved roles, the
+    auth/storage/extensions schemas; `backupd.supabase_skeleton`). All in one transaction.
     """
     began = time.monotonic()
     entries = [manifest.artifact_for("schema"), manifest.artifact_for("data")]
@@ -150,6 +153,8 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
     schema_entry, data_entry = entries[0], entries[1]
     report = RestoreReport(source=f"{destination.name}:{manifest.id}", target=describe(target_dsn),
                            strategy="sql", dry_run=dry_run, mode="sql", backups=[manifest.id])
+    facts = inspect_target(target_dsn)
+    loads = CopyTargets()
     needs_restrict = False
     for entry in (schema_entry, data_entry):
         log.info("artifact_verifying", artifact=entry.name)
@@ -158,7 +163,19 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
             if first:
                 needs_restrict = needs_restrict or b"\n\\restrict " in b"\n" + chunk[:4096]
                 first = False
-    server_num = _check_empty(target_dsn)
+            if facts.supabase and entry is data_entry:
+                loads.feed(chunk)
+    roles_sql = b""
+    roles_entry = manifest.artifact_for("roles")
+    if roles_entry is not None:
+        roles_text, warnings = plan_roles(b"".join(_chunks(open_artifact(destination, manifest, roles_entry, decryptor))
+                                                   ).decode("utf-8"), facts)
+        roles_sql = roles_text.encode()
+        for warning in warnings:
+            log.warning("role_skipped", detail=warning)
+        report.notes.extend(warnings)
+    check_target(facts, loads.tables, target_dsn)
+    server_num = facts.server_version_num
     tool = pick_psql(server_num // 10000, f"{server_num // 10000}.{server_num % 10000}", needs_restrict)
     drop = [b"SET transaction_timeout = 0;"] if server_num < 170000 else []
     conninfo, env = split_dsn(target_dsn)
@@ -172,11 +189,7 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
                     from backupd.supabase_skeleton import skeleton_sql
 
                     psql.stdin.write(skeleton_sql().encode() + b"\n")
-                    roles_entry = manifest.artifact_for("roles")
-                    if roles_entry is not None:
-                        for chunk in _chunks(open_artifact(destination, manifest, roles_entry, decryptor)):
-                            psql.stdin.write(chunk)
-                        psql.stdin.write(b"\n")
+                psql.stdin.write(roles_sql)
                 for index, entry in enumerate((schema_entry, data_entry)):
                     line_filter = LineFilter(drop)
                     for chunk in _chunks(open_artifact(destination, manifest, entry, decryptor)):
@@ -198,27 +211,3 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
         report.tables[table] = TableCounts(inserted=table_entry.rows, rows=table_entry.rows)
     report.seconds = time.monotonic() - began
     return report
-
-
-def _check_empty(target_dsn: str) -> int:
-    """The target's server_version_num; refuses a database that already holds tables."""
-    conn = connect(target_dsn, what="target database", autocommit=True)
-    try:
-        row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
-        assert row is not None
-        tables = conn.execute(
-            """
-            SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-              AND n.nspname NOT LIKE 'pg_toast%%' AND n.nspname NOT LIKE 'pg_temp%%' ORDER BY 1
-            """).fetchall()
-    except psycopg.Error as exc:
-        raise BackupdError(f"cannot inspect the target database: {one_line(exc)}") from None
-    finally:
-        conn.close()
-    if tables:
-        names = ", ".join(str(t[0]) for t in tables[:3]) + (", ..." if len(tables) > 3 else "")
-        raise RestoreError(
-            f"the target database is not empty ({len(tables)} relations: {names}): --sql restores into an "
-            "empty database only", "create a new database (createdb), or restore the JSON export instead")
-    return int(str(row[0]))

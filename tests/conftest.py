@@ -186,3 +186,17 @@ def table_checksums(dsn: str, manifest_tables: dict[str, Any] | None = None) -> 
                 checksum = table_checksum(conn, table)
             result[table.key] = (checksum.rows, checksum.hexdigest)
         return result
+
+
+@pytest.fixture(scope="session")
+def supabase_platform() -> Iterator[Any]:
+    """A PostgreSQL cluster shaped like a new Supabase project, built once per session from
+    Supabase's public migrations (tests/supabase_platform.py); `.new_database()` clones a fresh
+    project database from its template."""
+    from tests.supabase_platform import build_platform
+
+    platform = build_platform(None)
+    try:
+        yield platform
+    finally:
+        platform.server.stop()

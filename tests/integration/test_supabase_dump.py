@@ -19,6 +19,7 @@ import zstandard
 from backupd.localpg import LocalPostgres
 from backupd.supabase_skeleton import skeleton_sql
 from tests.conftest import run_cli, table_checksums
+from tests.supabase_platform import APP_SECURITY_SQL
 
 CLI_VERSION = "2.117.0"
 CLI_CACHE = Path(os.environ.get("BACKUPD_TEST_CACHE", Path.home() / ".cache" / "backupd-tests")) / "supabase-cli"
@@ -80,18 +81,9 @@ def _seed_supabase_like(dsn: str, login_role: str, password: str) -> None:
             ALTER TABLE public.users ADD CONSTRAINT users_id_auth_fkey
                 FOREIGN KEY (id) REFERENCES auth.users (id) ON DELETE CASCADE;
             INSERT INTO storage.buckets (id, name, public) VALUES ('attachments', 'attachments', false);
-            INSERT INTO storage.objects (bucket_id, name, owner, metadata)
-            SELECT 'attachments', storage_path, uploaded_by, jsonb_build_object('size', size_bytes)
-            FROM public.attachments LIMIT 50;
-            ALTER TABLE public.projects ENABLE ROW LEVEL SECURITY;
-            CREATE POLICY "owners see their projects" ON public.projects FOR SELECT TO authenticated
-                USING (owner_id = auth.uid());
-            ALTER TABLE public.tasks ENABLE ROW LEVEL SECURITY;
-            CREATE POLICY "service role does anything" ON public.tasks TO service_role USING (true);
-            GRANT SELECT ON ALL TABLES IN SCHEMA public TO anon, authenticated;
-            GRANT ALL ON ALL TABLES IN SCHEMA public TO service_role;
             CREATE EXTENSION IF NOT EXISTS pgcrypto WITH SCHEMA extensions;
         """)
+        conn.execute(APP_SECURITY_SQL)
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (login_role,)).fetchone()
         if not exists:
             conn.execute(f'CREATE ROLE "{login_role}" LOGIN SUPERUSER')
