@@ -41,18 +41,32 @@ class UsageError(BackupdError):
     exit_code = 2
 
 
+# closing lines that say nothing of the cause (git's after ssh's reason; its hints)
+_GENERIC_LINE = re.compile(
+    r"^(fatal: Could not read from remote repository\.?$|Please make sure you have the correct access rights"
+    r"|and the repository exists\.?$|fatal: the remote end hung up unexpectedly|error: failed to push some refs"
+    r"|hint: )",
+    re.IGNORECASE,
+)
+
+
 class CommandError(BackupdError):
     """A subprocess (pg_dump, psql, gpg, git, rclone, ...) failed; the message carries its stderr tail."""
 
     def __init__(self, argv0: str, returncode: int, stderr_tail: str, hint: str | None = None) -> None:
         lines = [line.strip() for line in stderr_tail.strip().splitlines() if line.strip()]
-        # the last line saying what went wrong, not the detail/hint/"Query was:" lines after it
-        errors = [line for line in lines if re.search(r"\b(error|fatal|panic)\b", line, re.IGNORECASE)]
+        # the last line saying what went wrong, not the detail/hint/"Query was:" lines after it, nor
+        # a generic closing line when one before it says why (ssh's reason before git's "fatal:")
+        specific = [line for line in lines if not _GENERIC_LINE.match(line)]
+        errors = [line for line in specific if re.search(r"\b(error|fatal|panic)\b", line, re.IGNORECASE)]
+        if not errors and len(specific) < len(lines):
+            errors = specific
         detail = (errors or lines or ["no error output"])[-1]
         super().__init__(f"{argv0} exited with code {returncode}: {detail}", hint)
         self.argv0 = argv0
         self.returncode = returncode
         self.stderr_tail = stderr_tail
+        self.detail = detail
 
 
 class SourceError(BackupdError):

@@ -368,11 +368,6 @@ class GitDestination:
         with ssh_environment(self.config, self.remote) as ssh:
             return proc.run(["git", "-C", str(self.path), *args], env=self._env(ssh), timeout=timeout)
 
-    def _remote_error(self, action: str, exc: CommandError) -> DestinationError:
-        assert self.remote is not None
-        problem = diagnose(exc, self.config, self.remote, self.branch)
-        return DestinationError(f"{action} failed: {exc.argv0} exited with code {exc.returncode}: {problem.reason}",
-                                problem.hint, transient=problem.transient)
 
     def _push(self, lease: str | None = None) -> None:
         if not self.remote:
@@ -384,7 +379,9 @@ class GitDestination:
         try:
             self._remote_git(*args, timeout=self.config.timeout.total_seconds())
         except CommandError as exc:
-            raise self._remote_error(f"git push to {REMOTE_NAME} ({self.branch})", exc) from None
+            problem = diagnose(exc, self.config, self.remote, self.branch)
+            raise DestinationError(f"git push to {REMOTE_NAME} ({self.branch}) failed: {problem.reason}",
+                                   problem.hint, transient=problem.transient) from None
 
     # -- Destination
 
@@ -635,11 +632,12 @@ class GitDestination:
                                    timeout=min(60.0, self.config.timeout.total_seconds()))
         except CommandError as exc:
             problem = diagnose(exc, self.config, self.remote, self.branch)
-            what = {"host-key": "host key verification failed", "auth": "authentication refused",
-                    "not-found": "repository not found", "unreachable": "remote unreachable"}.get(
-                problem.kind, "remote check failed")
-            raise DestinationError(f"{self.name}: {what}: {problem.reason}", problem.hint,
-                                   transient=problem.transient) from None
+            message = {"host-key": f"{self.name}: host key verification failed: {problem.reason}",
+                       "auth": f"{self.name}: authentication refused: {problem.reason}",
+                       "not-found": f"{self.name}: repository not found: {problem.reason}",
+                       "unreachable": f"{self.name}: remote unreachable: {problem.reason}"}
+            raise DestinationError(message.get(problem.kind, f"{self.name}: remote check failed: {problem.reason}"),
+                                   problem.hint, transient=problem.transient) from None
         tip = out.decode("utf-8", "replace").split()
         parts = []
         if ssh:

@@ -38,14 +38,6 @@ _SSH_URL = re.compile(r"^(ssh|git\+ssh|ssh\+git)://", re.IGNORECASE)
 # scp-like syntax: a colon before the first slash ([user@]host:path, [user@][v6addr]:path)
 _SCP_LIKE = re.compile(r"^(?:[^@/]+@)?(\[[^\]/]+\]|[^:/\[\]]+):")
 
-# lines that say nothing of the cause: never the one an error keeps when another is there
-_GENERIC = re.compile(
-    r"^(fatal: Could not read from remote repository\.?|Please make sure you have the correct access rights"
-    r"|and the repository exists\.?|fatal: the remote end hung up unexpectedly|error: failed to push some refs"
-    r"|hint: |To |Everything up-to-date|Done$)",
-    re.IGNORECASE,
-)
-
 # (kind, patterns most specific first): the first kind whose pattern matches a line wins
 _RULES: tuple[tuple[ProblemKind, tuple[str, ...]], ...] = (
     ("host-key", (r"host key is known for .* and you have requested strict checking",
@@ -156,15 +148,6 @@ def ssh_environment(config: GitDestinationConfig, remote: str | None) -> Iterato
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def meaningful_line(stderr_tail: str) -> str:
-    """The line of a failed command's stderr that says why: the last error line that is not one
-    of git's generic ones ("Could not read from remote repository"), else the last line."""
-    lines = [line.strip() for line in stderr_tail.strip().splitlines() if line.strip()]
-    specific = [line for line in lines if not _GENERIC.match(line)]
-    errors = [line for line in specific if re.search(r"\b(error|fatal|denied|failed)\b", line, re.IGNORECASE)]
-    return (errors or specific or lines or ["no error output"])[-1]
-
-
 def diagnose(exc: CommandError, config: GitDestinationConfig, remote: str, branch: str) -> RemoteProblem:
     """Classify a failed git push/ls-remote/fetch and pick the line that says why."""
     lines = [line.strip() for line in exc.stderr_tail.splitlines() if line.strip()]
@@ -179,8 +162,8 @@ def diagnose(exc: CommandError, config: GitDestinationConfig, remote: str, branc
                 return RemoteProblem(kind, reason, _hint(kind, reason, config, remote, branch),
                                      transient=kind == "unreachable")
     if exc.returncode == -1:  # our timeout
-        return RemoteProblem("unreachable", meaningful_line(exc.stderr_tail), None, transient=True)
-    return RemoteProblem("other", meaningful_line(exc.stderr_tail), None, transient=False)
+        return RemoteProblem("unreachable", exc.detail, None, transient=True)
+    return RemoteProblem("other", exc.detail, None, transient=False)
 
 
 def _hint(kind: ProblemKind, reason: str, config: GitDestinationConfig, remote: str, branch: str) -> str | None:

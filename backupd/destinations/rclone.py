@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -36,6 +37,7 @@ _COPY_BUFFER = 1 << 20
 # 6 less serious errors, 7 fatal error (do not retry), 8 transfer exceeded
 _NOT_FOUND = {3, 4}
 _TRANSIENT = {5, 8}
+_STAMP = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
 _FATAL_WORDS = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
                 "didn't find section in config file", "permission denied", "403")
 
@@ -46,11 +48,28 @@ def _relay(line: str) -> None:
     getattr(log, level)("rclone_said", line=line)
 
 
+def _why(stderr_tail: str) -> str | None:
+    """The line in which rclone says why: its closing `Failed to <verb>: ...` with the `caused by:`
+    lines under it (where a connection refused or a TLS problem is named), else its last ERROR line."""
+    lines = [_STAMP.sub("", line.strip()) for line in stderr_tail.splitlines() if line.strip()]
+    for marker in ("Failed to ", "ERROR : "):
+        starts = [index for index, line in enumerate(lines) if line.startswith(marker)]
+        if starts:
+            parts = [lines[starts[-1]]]
+            for line in lines[starts[-1] + 1:]:
+                if not line.startswith("caused by:"):
+                    break
+                parts.append(line)
+            return " ".join(parts)
+    return None
+
+
 def _error(exc: CommandError, action: str, where: str) -> DestinationError:
     tail = exc.stderr_tail
     if exc.returncode in _NOT_FOUND or "object not found" in tail or "directory not found" in tail:
         return NotFound(f"{where}: not found")
-    detail = str(exc)
+    why = _why(tail)
+    detail = f"rclone exited with code {exc.returncode}: {why}" if why else exc.message
     if exc.returncode == 127:
         return DestinationError(f"rclone {action} {where}: {detail}", "install rclone or set rclone = PATH")
     fatal = exc.returncode == 7 or any(word in tail for word in _FATAL_WORDS)

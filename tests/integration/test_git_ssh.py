@@ -20,8 +20,6 @@ import pytest
 from tests.conftest import run_cli, wait_for, write_config
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-pytestmark = pytest.mark.skipif(not Path(SSHD).exists(), reason="openssh-server is not installed "
-                                "(scripts/ensure-tools.sh installs it)")
 
 
 def _keygen(path: Path, comment: str) -> Path:
@@ -64,6 +62,8 @@ class SshServer:
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     """sshd -D -e -f CONFIG on 127.0.0.1 (root may log in with a key only); stopped by its pid."""
+    if not Path(SSHD).exists():
+        pytest.skip("openssh-server is not installed (scripts/ensure-tools.sh installs it)")
     base = tmp_path_factory.mktemp("sshd")
     host_key = _keygen(base / "host_ed25519", "test-host")
     other_host = _keygen(base / "other_host_ed25519", "impostor-host")
@@ -196,7 +196,8 @@ def test_doctor_tells_host_key_and_authentication_apart(tmp_path, source_dsn, ss
     accepted deploy key pass; a changed host key, an unpinned host and a refused key each get their
     own FAIL line saying which (host key verification vs authentication) and which setting to fix."""
     config = _config(tmp_path, source_dsn, [
-        _git_destination("good", tmp_path, sshd, ssh_key_file=str(sshd.key), host_key=sshd.host_key_line),
+        _git_destination("good", tmp_path, sshd, ssh_key_file=str(sshd.key),
+                         host_key=f"[127.0.0.1]:{sshd.port} {sshd.host_key_line}"),
         _git_destination("impostor", tmp_path, sshd, ssh_key_file=str(sshd.key), host_key=sshd.other_host_key_line),
         _git_destination("unpinned", tmp_path, sshd, ssh_key_file=str(sshd.key)),
         _git_destination("stranger", tmp_path, sshd, ssh_key_file=str(sshd.unknown_key),
@@ -219,3 +220,31 @@ def _known_hosts(tmp_path: Path, sshd: SshServer) -> Path:
     path = tmp_path / "known_hosts"
     path.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_key_line}\n")
     return path
+
+
+def test_unsafe_or_wrong_ssh_settings_are_refused_at_load(tmp_path, sshd):
+    """Turning host-key checking off through ssh_command, a public key given as ssh_key_file, a
+    host_key that is no key line, or both host_key and known_hosts_file: `check-config` exits 2
+    with one line naming the key, and never echoes the private key."""
+    public = sshd.key.with_suffix(".pub")
+    cases = {
+        "ssh_command": ({"ssh_command": "ssh -o StrictHostKeyChecking=no"}, "must not set StrictHostKeyChecking"),
+        "ssh_key_file": ({"ssh_key_file": str(public)}, "not a private key"),
+        "host_key": ({"host_key": "github.com SHA256:+DiY3wvvV6TuJJhbpZisF"}, "expected a public key line"),
+        "both": ({"host_key": sshd.host_key_line, "known_hosts_file": str(tmp_path / "kh")},
+                 "either host_key or known_hosts_file"),
+    }
+    for name, (settings, words) in cases.items():
+        config = _config(tmp_path, "postgresql://backup@127.0.0.1/db", [{
+            "name": "git", "type": "git", "path": str(tmp_path / "work"),
+            "remote": f"ssh://git@127.0.0.1:{sshd.port}/x.git", **settings}])
+        result = run_cli("--config", str(config), "check-config")
+        assert result.returncode == 2, (name, result.stdout, result.stderr)
+        errors = [line for line in result.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1 and "destinations[0]" in errors[0] and words in errors[0], (name, result.stderr)
+    key_file = _config(tmp_path, "postgresql://backup@127.0.0.1/db", [{
+        "name": "git", "type": "git", "path": str(tmp_path / "work"), "ssh_key_file": str(sshd.key),
+        "host_key": "ssh-ed25519 AAAA", "remote": f"ssh://git@127.0.0.1:{sshd.port}/x.git"}])
+    result = run_cli("--config", str(key_file), "check-config")
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in _key_body(sshd.key) if line in result.stdout + result.stderr]
