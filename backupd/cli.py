@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     # parser from resetting a value given before it.
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument("--config", metavar="PATH", help="config file (default: $BACKUPD_CONFIG or /etc/backupd/backupd.toml)")
+    common.add_argument("--credentials-dir", metavar="DIR",
+                        help="read secrets the config leaves empty from DIR/<key>, like systemd's "
+                             "$CREDENTIALS_DIRECTORY (default: that, else the installed unit's LoadCredential= files)")
     common.add_argument("--log-format", choices=["auto", "console", "logfmt", "json"])
     common.add_argument("-v", "--verbose", action="count", help="more log output")
     common.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -52,9 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.prefix_plain_output()  # a usage error under systemd is a journal line too
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name, default in (("config", None), ("log_format", "auto"), ("verbose", 0), ("quiet", False)):
+    for name, default in (("config", None), ("log_format", "auto"), ("verbose", 0), ("quiet", False),
+                          ("credentials_dir", None)):
         if not hasattr(args, name):
             setattr(args, name, default)
+    if args.credentials_dir:
+        os.environ["CREDENTIALS_DIRECTORY"] = os.path.abspath(args.credentials_dir)
     verbosity = args.verbose - (1 if args.quiet else 0)
     sys.stdout, sys.stderr = plain  # structlog writes its own prefixes; --log-format may differ
     if log.configure(args.log_format, verbosity) == "journal":

@@ -28,11 +28,12 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from backupd import redact
+from backupd import credentials, redact
 from backupd.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/backupd/backupd.toml")
@@ -100,8 +101,8 @@ class Section(BaseModel):
     """Base of every config model: unknown keys are refused; secrets may come from files.
 
     Subclasses list their secret fields in `secret_keys`. For each, the value can be given inline,
-    as `<key>_file` (a path; one trailing newline stripped), or in `$CREDENTIALS_DIRECTORY/<key>`
-    (systemd's LoadCredential=).
+    as `<key>_file` (a path; one trailing newline stripped), or as a systemd credential
+    (`$CREDENTIALS_DIRECTORY/<key>`, or the installed unit's LoadCredential= path: credentials.py).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -109,11 +110,13 @@ class Section(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _resolve_secret_files(cls, data: Any) -> Any:
+    def _resolve_secret_files(cls, data: Any, info: ValidationInfo) -> Any:
         if not isinstance(data, dict) or not cls.secret_keys:
             return data
         data = dict(data)
-        credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        context = info.context if isinstance(info.context, dict) else {}
+        found = context.get("credentials")
+        given = found if isinstance(found, credentials.Credentials) else credentials.from_environment()
         for key in cls.secret_keys:
             file_key = f"{key}_file"
             if file_key in data:
@@ -123,10 +126,10 @@ class Section(BaseModel):
                 if not isinstance(path, str) or not path:
                     raise ValueError(f"@{file_key}@ expected a file path")
                 data[key] = _read_secret_file(Path(path), file_key)
-            elif not data.get(key) and credentials_dir:
-                candidate = Path(credentials_dir) / key
-                if candidate.is_file():
-                    data[key] = _read_secret_file(candidate, key)
+            elif not data.get(key):
+                value = given.read(key, required=cls.model_fields[key].is_required())
+                if value is not None:
+                    data[key] = value
         return data
 
 
@@ -707,7 +710,7 @@ def load_config(explicit: str | Path | None = None, *, warn: list[str] | None = 
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
     raw = apply_env_overrides(raw, os.environ)
-    config = parse_config(raw)
+    config = parse_config(raw, credentials.for_config(path))
     if warn is not None:
         try:
             mode = path.stat().st_mode
@@ -722,10 +725,12 @@ def load_config(explicit: str | Path | None = None, *, warn: list[str] | None = 
     return config
 
 
-def parse_config(raw: dict[str, Any]) -> Config:
-    """Validate a raw config mapping; raises ConfigError with one line per problem."""
+def parse_config(raw: dict[str, Any], found: credentials.Credentials | None = None) -> Config:
+    """Validate a raw config mapping; raises ConfigError with one line per problem.
+
+    Secrets the mapping leaves empty come from `found` (default: `$CREDENTIALS_DIRECTORY`)."""
     try:
-        config = Config.model_validate(raw)
+        config = Config.model_validate(raw, context={"credentials": found or credentials.from_environment()})
     except ValidationError as exc:
         raise ConfigError(format_validation_errors(exc)) from None
     redact.register(config.secrets())

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from backupd import ownership
 from backupd.redact import redact_obj
 from backupd.errors import StorageFull
 from backupd.status import StatusStore, health, parse_time, write_all
@@ -152,6 +153,7 @@ def write_metrics(state_dir: Path, stale_after: timedelta, status: dict[str, Any
             os.fsync(fd)
         finally:
             os.close(fd)
+        ownership.adopt(temp)
         os.replace(temp, path)
     except OSError as exc:
         temp.unlink(missing_ok=True)

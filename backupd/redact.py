@@ -3,6 +3,12 @@
 Secrets are registered when the config is loaded (every SecretStr value); on top of that, any
 password inside a URL-style or key=value DSN is masked even when it was never registered (a DSN
 echoed by psycopg, a command line, a URL in a traceback).
+
+Only secret values are masked, never ordinary words: a registered secret is masked wherever it
+appears only when it is distinctive (at least 8 characters, and either not made of letters alone
+or at least 16 long); a shorter or word-like one ("No", "a", "directory") would otherwise turn
+"No such file or directory" into "*** such file ***". Such a secret is still masked where it
+stands as a secret: the password of a URL, `password=...`, `"token": "..."`.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ _pattern: re.Pattern[str] | None = None
 # registered secret is masked above whatever its length)
 _URL_PASSWORD = re.compile(
     r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^:/@\s]{0,256}:)(?P<pw>[^@\s]{1,1024})(?P<tail>@)")
-# password=secret (libpq key/value), PGPASSWORD=..., token=..., key=...
+# password=secret (libpq key/value), PGPASSWORD=..., token=..., key:value, "token": "value"; after a
+# colon and a space only a quoted value counts (`.../telegram-token: No such file` is prose)
 _KV_SECRET = re.compile(
     r"(?P<head>\b(?:password|passwd|pgpassword|token|secret|api_key|apikey|access_key|secret_access_key)"
-    r"\s*[=:]\s*['\"]?)(?P<pw>[^\s'\"&;,]+)",
+    r"(?:\s*=\s*['\"]?|:['\"]?|['\"]?\s*:\s*['\"]))(?P<pw>[^\s'\"&;,]+)",
     re.IGNORECASE,
 )
+_WORD = re.compile(r"[^\W\d_]+")
 # Telegram bot tokens inside URLs: /bot123456:ABC-DEF/...
 _BOT_TOKEN = re.compile(r"(?P<head>/bot)(?P<pw>\d+:[A-Za-z0-9_-]+)")
 
@@ -36,11 +44,18 @@ def register(values: Iterable[str]) -> None:
     global _pattern
     with _lock:
         for value in values:
-            if value and len(value) >= 4:
+            if distinctive(value):
                 _secrets.add(value)
         if _secrets:
             alternatives = sorted(_secrets, key=len, reverse=True)
             _pattern = re.compile("|".join(re.escape(s) for s in alternatives))
+
+
+def distinctive(value: str) -> bool:
+    """Whether a secret can be masked wherever it appears without masking ordinary words."""
+    if len(value) < 8:
+        return False
+    return len(value) >= 16 or _WORD.fullmatch(value) is None
 
 
 def redact(text: str) -> str:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from backupd import ownership
 from backupd.errors import StorageFull
 from backupd.manifest import iso
 from backupd.redact import redact_obj
@@ -44,6 +45,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        ownership.adopt(temp)
         os.replace(temp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:

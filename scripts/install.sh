@@ -4,18 +4,24 @@
 #   PREFIX (default /opt/backupd)  the virtualenv holding backupd and its dependencies
 #   DESTDIR (env, default empty)   a staging root: everything lands under it, no user is created
 #                                  and systemd is not touched (packaging, tests)
-#   PYTHON (env, default python3)  the interpreter for the virtualenv (3.11+)
+#   PYTHON (env)                   the interpreter for the virtualenv (3.11+; default: the system's
+#                                  /usr/bin/python3, else python3 on PATH). One under /root or /home
+#                                  is refused: the unit's ProtectHome=yes would hide it (203/EXEC)
 #   BACKUPD_PIP_ARGS (env)         extra pip arguments (e.g. --no-index --find-links WHEELS)
 #
 # What it does: virtualenv in PREFIX with backupd installed; the `backupd` system user; the units
-# backupd.service and backupd@.service in /etc/systemd/system; /etc/backupd/backupd.toml from the
-# example unless a config is already there (never overwritten); /etc/backupd/credentials/ for
-# LoadCredential=; /var/backups/backupd for the default local destination. Idempotent.
+# backupd.service and backupd@.service in /etc/systemd/system; /usr/local/bin/backupd (a symlink);
+# /etc/backupd/backupd.toml from the example unless a config is already there (never overwritten);
+# /etc/backupd/credentials/ for LoadCredential=; /var/backups/backupd for the default local
+# destination; then a check that the backupd user can run backupd with /home and /root hidden
+# as the unit hides them. Idempotent.
 set -eu
 
 PREFIX=${1:-/opt/backupd}
 DESTDIR=${DESTDIR:-}
-PYTHON=${PYTHON:-python3}
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x /usr/bin/python3 ]; then PYTHON=/usr/bin/python3; else PYTHON=python3; fi
+fi
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 ETC="$DESTDIR/etc/backupd"
 UNITS="$DESTDIR/etc/systemd/system"
@@ -31,13 +37,33 @@ case "$PREFIX" in
     *) echo "install: PREFIX must be an absolute path, not '$PREFIX'" >&2; exit 2 ;;
 esac
 
+# 0. the interpreter: 3.11+, and not hidden from the service by ProtectHome=yes
+if ! where=$("$PYTHON" -c 'import os, sys
+assert sys.version_info >= (3, 11), "Python 3.11+ needed, this is " + sys.version.split()[0]
+print(os.path.realpath(sys.executable))
+print(os.path.realpath(sys.base_prefix))' 2>&1); then
+    echo "install: $PYTHON cannot be used: $(printf '%s\n' "$where" | tail -n 1)" >&2
+    exit 2
+fi
+for path in $where; do
+    case "$path" in
+        /root|/root/*|/home|/home/*|/run/user/*)
+            echo "install: $PYTHON is $path, under a home directory that the unit's ProtectHome=yes hides from the service (it would fail with 203/EXEC); use the system interpreter: PYTHON=/usr/bin/python3 (apt install python3 python3-venv)" >&2
+            exit 2 ;;
+    esac
+done
+
 # 1. the virtualenv
-say "virtualenv $DESTDIR$PREFIX"
+say "virtualenv $DESTDIR$PREFIX (from $PYTHON)"
 "$PYTHON" -m venv "$DESTDIR$PREFIX"
 # shellcheck disable=SC2086 # BACKUPD_PIP_ARGS is a list of arguments
 "$DESTDIR$PREFIX/bin/pip" install --quiet --disable-pip-version-check ${BACKUPD_PIP_ARGS:-} "$REPO"
 install -d -m 0755 "$DESTDIR$PREFIX/share/doc"
 install -m 0644 "$REPO/docs/operations.md" "$DESTDIR$PREFIX/share/doc/operations.md"
+# `backupd` on PATH (sudo's secure_path includes /usr/local/bin)
+install -d -m 0755 "$DESTDIR/usr/local/bin"
+ln -sfn "$PREFIX/bin/backupd" "$DESTDIR/usr/local/bin/backupd"
+say "command /usr/local/bin/backupd -> $PREFIX/bin/backupd"
 
 # 2. the system user (owns the state and the local backups, nothing else)
 if [ -n "$DESTDIR" ]; then
@@ -89,13 +115,34 @@ if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev
     systemctl daemon-reload
 fi
 
+# 6. can the service user run it, with /home and /root hidden as ProtectHome=yes hides them?
+if [ -z "$DESTDIR" ]; then
+    check="$PREFIX/bin/backupd --version"
+    if command -v unshare >/dev/null 2>&1 && unshare --mount true 2>/dev/null; then
+        # shellcheck disable=SC2016 # expanded by the inner shell
+        ran=$(unshare --mount sh -c 'for d in /home /root /run/user; do
+                  if [ -d "$d" ]; then mount -t tmpfs -o mode=0000 tmpfs "$d"; fi; done
+              exec runuser -u backupd -- '"$check" 2>&1) || {
+            echo "install: the backupd user cannot run $check with /home and /root hidden (as the unit runs it): $ran" >&2
+            exit 1
+        }
+    else
+        ran=$(runuser -u backupd -- $check 2>&1) || {
+            echo "install: the backupd user cannot run $check: $ran" >&2
+            exit 1
+        }
+    fi
+    say "checked: the backupd user runs $ran"
+fi
+
 cat <<NEXT
 
 backupd is installed in $PREFIX. Next steps:
-  1. edit $ETC/backupd.toml  (database, destinations, notifiers); put secrets in
-     $ETC/credentials/dsn and .../bot_token (or <key>_file paths), root-only
-  2. sudo -u backupd $PREFIX/bin/backupd --config /etc/backupd/backupd.toml doctor
-  3. systemctl enable --now backupd
-  4. journalctl -u backupd -f          (and: $PREFIX/bin/backupd status)
+  1. edit $ETC/backupd.toml  (database, destinations, notifiers; no secrets in it)
+  2. secrets, one file each, root-only (0600): the DSN in $ETC/credentials/dsn, the Telegram
+     token in $ETC/credentials/bot_token (docs/security.md)
+  3. sudo backupd doctor               (as root it reads the unit's credentials)
+  4. systemctl enable --now backupd
+  5. journalctl -u backupd -f          (and: sudo backupd status)
   More: $PREFIX/share/doc/operations.md
 NEXT

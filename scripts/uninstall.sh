@@ -46,6 +46,10 @@ if [ -x "$DESTDIR$PREFIX/bin/backupd" ] || [ -e "$DESTDIR$PREFIX/pyvenv.cfg" ]; 
     say "removed $DESTDIR$PREFIX"
 fi
 rm -f "$DESTDIR/etc/backupd/backupd.example.toml"
+if [ "$(readlink "$DESTDIR/usr/local/bin/backupd" 2>/dev/null)" = "$PREFIX/bin/backupd" ]; then
+    rm -f "$DESTDIR/usr/local/bin/backupd"
+    say "removed $DESTDIR/usr/local/bin/backupd"
+fi
 
 cat <<KEPT
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from backupd import ownership
 from backupd.config import Config, load_config
 from backupd.destinations import build
 from backupd.destinations.base import Destination
@@ -21,6 +22,7 @@ def config_from(args: Any) -> Config:
     config = load_config(args.config, warn=warnings)
     for warning in warnings:
         structlog.get_logger("backupd.config").warning("config_insecure", detail=warning)
+    ownership.keep_owner_on_exit(config.state.dir)
     return config
 
 

@@ -39,6 +39,9 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path):
     assert (root / "etc/backupd/credentials").stat().st_mode & 0o777 == 0o700
     assert (root / "etc/backupd/credentials/dsn").read_bytes() == b""
     assert (root / "var/backups/backupd").is_dir()
+    assert os.readlink(root / "usr/local/bin/backupd") == f"{prefix}/bin/backupd"
+    python = (root / prefix.lstrip("/") / "bin" / "python3").resolve()
+    assert not str(python).startswith(("/root/", "/home/")), python
 
     # a second install (an upgrade) keeps the operator's config
     config.write_text(config.read_text() + "\n# edited by the operator\n")
@@ -57,6 +60,7 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path):
     assert not (units / "backupd.service").exists() and not (units / "backupd@.service").exists()
     assert config.read_text() == edited and (state / "status.json").exists()
     assert (root / "var/backups/backupd/20260101T000000Z").is_dir()
+    assert not (root / "usr/local/bin/backupd").is_symlink()
 
 
 def test_install_refuses_a_relative_prefix(tmp_path):
@@ -66,15 +70,36 @@ def test_install_refuses_a_relative_prefix(tmp_path):
 
 
 def test_example_config_is_valid_once_paths_and_secrets_are_given(tmp_path):
-    """config/backupd.example.toml (the contract's example) passes check-config when its paths
-    and secret files exist (given here through BACKUPD_<SECTION>__<KEY> overrides)."""
-    token = tmp_path / "telegram-token"
-    token.write_text("123:abc\n")
+    """config/backupd.example.toml, installed as install.sh installs it (0640), passes check-config
+    once its paths exist (BACKUPD_<SECTION>__<KEY> overrides here) and its secrets are in the
+    credentials (the one secrets scheme: /etc/backupd/credentials/<key>; --credentials-dir here),
+    without tripping backupd's own config_insecure warning: it holds no secret."""
+    config = tmp_path / "backupd.toml"
+    config.write_text((REPO / "config/backupd.example.toml").read_text())
+    config.chmod(0o640)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (credentials / "dsn").write_text("postgresql://backup:Example-pw-1@db.example.com:5432/postgres\n")
+    (credentials / "bot_token").write_text("123:abc\n")
     env = {**os.environ, "BACKUPD_STATE__DIR": str(tmp_path / "state"),
-           "BACKUPD_DESTINATIONS__0__PATH": str(tmp_path / "backups"),
-           "BACKUPD_NOTIFIERS__0__BOT_TOKEN_FILE": str(token)}
-    result = subprocess.run([str(Path(os.sys.executable)), "-m", "backupd", "--config",
-                             str(REPO / "config/backupd.example.toml"), "check-config"],
+           "BACKUPD_DESTINATIONS__0__PATH": str(tmp_path / "backups")}
+    result = subprocess.run([str(Path(os.sys.executable)), "-m", "backupd", "--config", str(config),
+                             "--credentials-dir", str(credentials), "check-config"],
                             capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "config ok: 1 destination(s): local (local); 1 notifier(s)" in result.stdout
+    assert "config_insecure" not in result.stderr
+
+
+def test_install_refuses_an_interpreter_the_unit_cannot_see(tmp_path):
+    """#21: a python3 under /root or /home (pyenv, a user's build) is hidden from the service by
+    ProtectHome=yes (203/EXEC): install refuses it, naming the system interpreter instead."""
+    real = os.path.realpath(os.sys.executable)
+    if not real.startswith(("/root/", "/home/")):
+        pytest.skip(f"the test's interpreter {real} is not under /root or /home")
+    result = subprocess.run(["sh", str(REPO / "scripts" / "install.sh"), "/opt/backupd-test"], capture_output=True,
+                            text=True, env={**os.environ, "DESTDIR": str(tmp_path), "PYTHON": os.sys.executable},
+                            timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "ProtectHome=yes" in result.stderr and "PYTHON=/usr/bin/python3" in result.stderr
+    assert not (tmp_path / "opt").exists()

@@ -23,7 +23,8 @@ class StorageApi:
     reach: bucket list/create, object list (one folder level, limit/offset), download, multipart
     upload with x-upsert, bearer-key auth, JSON errors shaped like the real ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str = KEY) -> None:
+        self.key = key
         self.buckets: dict[str, dict[str, tuple[bytes, str]]] = {}
         self.requests: list[tuple[str, str]] = []
         api = self
@@ -50,7 +51,7 @@ class StorageApi:
             def _start(self) -> tuple[str, bytes] | None:
                 api.requests.append((self.command, self.path))
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Authorization") != f"Bearer {KEY}":
+                if self.headers.get("Authorization") != f"Bearer {api.key}":
                     self._error(403, "invalid signature")
                     return None
                 return unquote(urlsplit(self.path).path), body
