@@ -42,6 +42,7 @@ from backupd.metrics import HealthServer, write_metrics
 from backupd.runner import Runner
 from backupd.sdnotify import Notifier, WatchdogThread
 from backupd.status import StatusStore, health, parse_time
+from backupd.statuspage import render_page
 
 log = structlog.get_logger("backupd.daemon")
 
@@ -387,6 +388,9 @@ class Daemon:
     def _status_source(self) -> tuple[dict[str, Any], timedelta]:
         return StatusStore(self.config.state.dir).load(), self.config.state.stale_after
 
+    def _status_page(self) -> str:
+        return render_page(self.config)
+
     def _housekeeping(self, force: bool = False) -> None:
         """Health into status.json and the metrics file; the stale alert check."""
         config = self.config
@@ -454,7 +458,7 @@ class Daemon:
         if not listen:
             return
         try:
-            self.http = HealthServer(listen, self._status_source)
+            self.http = HealthServer(listen, self._status_source, self._status_page)
         except OSError as exc:
             raise BackupdError(f"cannot listen on {listen}: {exc.strerror or exc}",
                                "pick a free port in [http] listen") from None

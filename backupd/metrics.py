@@ -3,7 +3,8 @@
 `<state.dir>/backupd.prom` is rendered from status.json and replaced atomically after every run
 (node_exporter's textfile collector reads it). With `[http] listen = "127.0.0.1:9468"` the daemon
 also serves `/healthz` (200 when healthy, else 503), `/status` (status.json with health computed
-now) and `/metrics` (the same text as the file).
+now), `/metrics` (the same text as the file) and `/` (the status page, backupd/statuspage.py).
+Every response carries the same security headers (`SECURITY_HEADERS`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from backupd import ownership
 from backupd.redact import redact_obj
 from backupd.errors import StorageFull
 from backupd.status import StatusStore, health, parse_time, write_all
+from backupd.statuspage import CONTENT_SECURITY_POLICY
 
 log = structlog.get_logger("backupd.metrics")
 
@@ -182,11 +184,20 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 StatusSource = Callable[[], tuple[dict[str, Any], timedelta]]
+PageSource = Callable[[], str]
+SECURITY_HEADERS = (
+    ("Cache-Control", "no-store"),
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "backupd"
     source: StatusSource
+    page: PageSource | None = None
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         status, stale_after = self.source()
@@ -200,14 +211,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, "application/json", body)
         elif path == "/metrics":
             self._reply(200, "text/plain; version=0.0.4; charset=utf-8", render(status, stale_after).encode())
+        elif path == "/" and self.page is not None:
+            self._reply(200, "text/html; charset=utf-8", self.page().encode())
         else:
-            self._reply(404, "text/plain", b"not found: try /healthz, /status or /metrics\n")
+            self._reply(404, "text/plain", b"not found: try /, /healthz, /status or /metrics\n")
 
     def _reply(self, code: int, content_type: str, body: bytes) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
+        for name, value in SECURITY_HEADERS:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -216,12 +230,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HealthServer:
-    """The optional `/healthz`, `/status`, `/metrics` endpoint, served from a background thread."""
+    """The optional `/`, `/healthz`, `/status`, `/metrics` endpoint, served from a background thread
+    (`/` only with a `page` source)."""
 
-    def __init__(self, listen: str, source: StatusSource) -> None:
+    def __init__(self, listen: str, source: StatusSource, page: PageSource | None = None) -> None:
         self.listen = listen
         host, port = parse_listen(listen)
-        handler = type("Handler", (_Handler,), {"source": staticmethod(source)})
+        handler = type("Handler", (_Handler,), {"source": staticmethod(source),
+                                                "page": staticmethod(page) if page else None})
         host = "127.0.0.1" if host == "localhost" else host
         server_class = _Server6 if ":" in host else _Server
         self.server: ThreadingHTTPServer = server_class((host, port), handler)
