@@ -372,7 +372,7 @@ class GitDestination:
     def _push(self, lease: str | None = None) -> None:
         if not self.remote:
             return
-        args = ["push", "-q", "--porcelain"]
+        args = ["push", "-q"]  # not --porcelain: it moves the "[remote rejected] (why)" lines off stderr
         if lease is not None:
             args.append(f"--force-with-lease={self.ref}:{lease}")
         args += [REMOTE_NAME, f"{self.ref}:{self.ref}"]

@@ -5,8 +5,9 @@ GIT_SSH_COMMAND itself: `ssh_command` (default `ssh`) followed by `-i KEY -o Ide
 (the key from `ssh_key`, written to a private temp file: its content is never on a command line),
 `-o UserKnownHostsFile=FILE -o GlobalKnownHostsFile=/dev/null` (the pinned `host_key` lines in a
 private temp known_hosts file, or `known_hosts_file`), `-o BatchMode=yes` (never a prompt that
-hangs the daemon) and `-o StrictHostKeyChecking=yes` (an unknown or changed host key is refused,
-never accepted). git runs that string through `sh -c`: every path in it is shell-quoted, and
+hangs the daemon), `-o StrictHostKeyChecking=yes` (an unknown or changed host key is refused,
+never accepted) and `-o ConnectTimeout=30` (ssh_command's own options come first, and ssh keeps
+the first value it is given, so `ssh -o ConnectTimeout=60` there wins). git runs that string through `sh -c`: every path in it is shell-quoted, and
 quoted again for ssh's own option parser.
 
 When git fails, its last line is often the generic `fatal: Could not read from remote
@@ -48,12 +49,13 @@ _RULES: tuple[tuple[ProblemKind, tuple[str, ...]], ...] = (
               r"UNPROTECTED PRIVATE KEY FILE",
               r"Permission to \S+ denied to",
               r"not allowed to push",
+              r"marked as read only|does not have write access",
               r"Authentication failed for",
               r"could not read (Username|Password) for",
               r"Invalid username or (password|token)",
               r"The requested URL returned error: 40[13]")),
     ("rejected", (r"\[remote rejected\]",
-                  r"\[rejected\]|non-fast-forward|stale info|Updates were rejected")),
+                  r"\[rejected\]", r"non-fast-forward|stale info", r"Updates were rejected")),
     ("not-found", (r"Repository not found",
                    r"does not appear to be a git repository",
                    r"repository '.*' not found",
@@ -142,7 +144,7 @@ def ssh_environment(config: GitDestinationConfig, remote: str | None) -> Iterato
             known_hosts.write_text("\n".join(lines) + "\n")
         if known_hosts is not None:
             options += [_ssh_option("UserKnownHostsFile", known_hosts), "-o GlobalKnownHostsFile=/dev/null"]
-        options += ["-o BatchMode=yes", "-o StrictHostKeyChecking=yes"]
+        options += ["-o BatchMode=yes", "-o StrictHostKeyChecking=yes", "-o ConnectTimeout=30"]
         yield {"GIT_SSH_COMMAND": f"{config.ssh_command} {' '.join(options)}"}
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -159,6 +161,9 @@ def diagnose(exc: CommandError, config: GitDestinationConfig, remote: str, branc
                 if kind == "host-key" and pattern != _RULES[0][1][-1]:
                     verdict = [line for line in lines if "Host key verification failed" in line]
                     reason = f"{reason} {verdict[-1]}" if verdict else reason
+                if "[remote rejected]" in reason:  # the server's own words (a hook, branch protection)
+                    said = [line for line in lines if line.startswith("remote:") and line[7:].strip()]
+                    reason = f"{reason}: {said[-1]}" if said else reason
                 return RemoteProblem(kind, reason, _hint(kind, reason, config, remote, branch),
                                      transient=kind == "unreachable")
     if exc.returncode == -1:  # our timeout
@@ -181,6 +186,8 @@ def _hint(kind: ProblemKind, reason: str, config: GitDestinationConfig, remote: 
         if ssh:
             if re.search(r"Load key|UNPROTECTED", reason):
                 return "ssh cannot use the key in ssh_key_file: it must be an unencrypted private key (no passphrase)"
+            if re.search(r"read only|write access", reason):
+                return "the deploy key is read-only: give it write access in the repository's deploy key settings"
             if config.ssh_key is not None:
                 return ("the server refused the key in ssh_key_file: add its public half (ssh-keygen -y -f KEYFILE) "
                         "to the repository as a deploy key with write access")

@@ -217,7 +217,8 @@ def test_doctor_tells_host_key_and_authentication_apart(tmp_path, source_dsn, ss
 
 
 def _known_hosts(tmp_path: Path, sshd: SshServer) -> Path:
-    path = tmp_path / "known_hosts"
+    path = tmp_path / "pinned keys %d" / "known_hosts"  # a space and a %: quoted for sh and for ssh
+    path.parent.mkdir()
     path.write_text(f"[127.0.0.1]:{sshd.port} {sshd.host_key_line}\n")
     return path
 
