@@ -512,7 +512,12 @@ class TelegramNotifierConfig(NotifierBase):
     bot_token: SecretStr = Field(description="bot token from @BotFather")
     chat_id: str = Field(min_length=1, description="chat to send to")
     api_url: str = Field(default="https://api.telegram.org", description="Bot API root")
-    commands: bool = Field(default=False, description="answer /status and /backup from chat_id")
+    commands: bool = Field(default=False, description="answer /status and /backup in chat_id")
+    allowed_user_ids: list[int] = Field(
+        default_factory=list,
+        description="Telegram user ids whose commands are answered (the sender's, not the chat's); empty: none")
+    commands_min_interval: Duration = Field(default=timedelta(minutes=10),
+                                            description="at most one /backup command per this interval")
 
     @field_validator("chat_id", mode="before")
     @classmethod

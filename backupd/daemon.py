@@ -50,6 +50,7 @@ DAEMON_LOCK_NAME = "daemon.lock"
 TICK_SECONDS = 1.0  # longest sleep of the main loop: its heartbeat for the watchdog
 HOUSEKEEPING_SECONDS = 60.0  # stale check, status.json health, metrics
 STOP_DEADLINE_SECONDS = 9.0  # a stop that takes longer is forced (systemd's TimeoutStopSec is above)
+COMMANDS_STOP_SECONDS = 5.0  # a reload waits this long for the old Telegram poller to end
 
 
 # -- slots ----------------------------------------------------------------------------------------
@@ -427,8 +428,9 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - alerting never stops the daemon
             log.error("stale_check_failed", error=f"{type(exc).__name__}: {exc}")
 
-    def _start_commands(self) -> None:
-        """Telegram `commands = true`: answer /status and /backup from the configured chat only."""
+    def _start_commands(self, previous: list[Any] | None = None) -> None:
+        """Telegram `commands = true`: answer /status and /backup in the configured chat, from
+        `allowed_user_ids` only. `previous`: the pollers a reload replaces (their state carries over)."""
         for notifier_config in self.config.notifiers:
             if notifier_config.type != "telegram" or not notifier_config.commands:
                 continue
@@ -438,9 +440,25 @@ class Daemon:
                 status = StatusStore(self.config.state.dir).load()
                 return status_message(status, self.config.state.stale_after, self._next_run_text())
 
-            commands = TelegramCommands(notifier_config, status_text, self.request_backup)
+            token = notifier_config.bot_token.get_secret_value()
+            before = next((c for c in previous or [] if c.token == token), None)
+            commands = TelegramCommands(notifier_config, status_text, self.request_backup, previous=before)
             commands.start()
             self._commands.append(commands)
+
+    def _restart_commands(self, old: Config) -> None:
+        """A reload that changed a commands notifier (token, chat, users, interval) replaces the
+        pollers: the old ones stop before the new ones poll the same bot."""
+        def commanding(config: Config) -> list[Any]:
+            return [n for n in config.notifiers if n.type == "telegram" and n.commands]
+
+        if commanding(old) == commanding(self.config):
+            return
+        previous, self._commands = self._commands, []
+        for commands in previous:
+            commands.stop(wait=COMMANDS_STOP_SECONDS)
+        self._start_commands(previous)
+        log.info("telegram_commands_restarted", pollers=len(self._commands))
 
     def request_backup(self) -> bool:
         """Ask the main loop for one backup now (thread-safe); False when one runs or is queued."""
@@ -492,6 +510,7 @@ class Daemon:
                 self._start_http()
             except BackupdError as exc:
                 log.error("http_restart_failed", error=str(exc))
+        self._restart_commands(old)
         log.info("config_reloaded", schedule=describe(new.schedule), next_run=self._next_run_text(),
                  destinations=[d.name for d in new.destinations])
         self._housekeeping(force=True)

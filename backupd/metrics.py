@@ -5,6 +5,11 @@
 also serves `/healthz` (200 when healthy, else 503), `/status` (status.json with health computed
 now), `/metrics` (the same text as the file) and `/` (the status page, backupd/statuspage.py).
 Every response carries the same security headers (`SECURITY_HEADERS`).
+
+Every request to the endpoint, whatever its route, passes `_Handler.parse_request`: one whose
+`Host` header is not the listen address or `localhost` (with the listened port, or none) gets
+`421 Misdirected Request`, so a web page cannot read it through DNS rebinding; a connection idle
+for `IDLE_TIMEOUT_SECONDS` is dropped, so idle clients cannot hold the server's threads.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from backupd.statuspage import CONTENT_SECURITY_POLICY
 log = structlog.get_logger("backupd.metrics")
 
 METRICS_NAME = "backupd.prom"
+IDLE_TIMEOUT_SECONDS = 10.0
 HEALTH_STATES = ("healthy", "stale", "failing", "never")
 
 
@@ -194,10 +200,33 @@ SECURITY_HEADERS = (
 )
 
 
+def allowed_hosts(host: str, bound: str, port: int) -> frozenset[str]:
+    """The `Host` header values the endpoint answers (lowercase): the listen address as given and
+    as bound, and localhost, each bare or with the port."""
+    names = {"localhost", host.lower(), bound.lower()}
+    spelled = {f"[{n}]" if ":" in n else n for n in names}
+    return frozenset(spelled | {f"{n}:{port}" for n in spelled})
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "backupd"
     source: StatusSource
     page: PageSource | None = None
+    allowed_hosts: frozenset[str] = frozenset()
+    timeout = IDLE_TIMEOUT_SECONDS  # socket timeout: an idle connection is dropped
+
+    def parse_request(self) -> bool:
+        """The stdlib's parsing, then the Host check every route goes through (421 otherwise)."""
+        if not super().parse_request():
+            return False
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host not in self.allowed_hosts:
+            log.warning("http_request_refused", client=self.client_address[0], host=host[:100],
+                        reason="Host is not the listen address or localhost")
+            self.close_connection = True
+            self._reply(421, "text/plain", b"misdirected request: use the listen address or localhost as Host\n")
+            return False
+        return True
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         status, stale_after = self.source()
@@ -236,11 +265,12 @@ class HealthServer:
     def __init__(self, listen: str, source: StatusSource, page: PageSource | None = None) -> None:
         self.listen = listen
         host, port = parse_listen(listen)
-        handler = type("Handler", (_Handler,), {"source": staticmethod(source),
-                                                "page": staticmethod(page) if page else None})
-        host = "127.0.0.1" if host == "localhost" else host
-        server_class = _Server6 if ":" in host else _Server
-        self.server: ThreadingHTTPServer = server_class((host, port), handler)
+        handler: type[_Handler] = type("Handler", (_Handler,), {"source": staticmethod(source),
+                                                                "page": staticmethod(page) if page else None})
+        bind = "127.0.0.1" if host == "localhost" else host
+        server_class = _Server6 if ":" in bind else _Server
+        self.server: ThreadingHTTPServer = server_class((bind, port), handler)
+        handler.allowed_hosts = allowed_hosts(host, bind, self.port)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.5},
                                        name="http", daemon=True)
 

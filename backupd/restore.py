@@ -675,7 +675,7 @@ class JsonRestore:
                        if c not in table.table.generated_columns and c in entry.columns]
             if not entry.columns or not pk or not all(c in columns for c in pk):
                 continue  # the staged path explains what is wrong
-            empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table.table.sql_name})").fetchone()
+            empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table.table.from_sql})").fetchone()
             if not (empty and empty[0]):
                 continue
             self._note_ignored(table, entry.columns)
@@ -798,7 +798,7 @@ class JsonRestore:
         typed = ", ".join(f"r.{quote_ident(c)}" for c in columns)
         holders = [item for item in staged if table.key in item.tables or item.deleted.get(table.key)]
         if len(holders) == 1 and not holders[0].deleted.get(table.key):
-            empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table.table.sql_name})").fetchone()
+            empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table.table.from_sql})").fetchone()
             if empty and empty[0]:
                 # nothing to match against: skip the typed copy, insert straight from the raw rows
                 holder = holders[0].tables[table.key]
@@ -806,7 +806,7 @@ class JsonRestore:
                 table.direct = holder
                 return
         name = self._staging_name(table)
-        conn.execute(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {cols} FROM {table.table.sql_name} "
+        conn.execute(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {cols} FROM {table.table.from_sql} "
                      "WITH NO DATA")
         pk_cols = ", ".join(quote_ident(c) for c in pk)
         for step, item in enumerate(staged):
@@ -880,10 +880,10 @@ class JsonRestore:
         name = self._staging_name(table)
         if pk:
             match = " AND ".join(f"s.{quote_ident(c)} = t.{quote_ident(c)}" for c in pk)
-            statement = (f"WITH d AS (DELETE FROM {table.table.sql_name} t WHERE NOT EXISTS "
+            statement = (f"WITH d AS (DELETE FROM {table.table.from_sql} t WHERE NOT EXISTS "
                          f"(SELECT 1 FROM {name} s WHERE {match}) RETURNING 1) SELECT count(*) FROM d")
         else:
-            statement = f"WITH d AS (DELETE FROM {table.table.sql_name} RETURNING 1) SELECT count(*) FROM d"
+            statement = f"WITH d AS (DELETE FROM {table.table.from_sql} RETURNING 1) SELECT count(*) FROM d"
         row = conn.execute(statement).fetchone()
         return int(row[0]) if row else 0
 

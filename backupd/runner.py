@@ -384,7 +384,7 @@ class Runner:
                 result.destinations[destination.name] = {
                     "ok": True, "error": None, "seconds": round(time.monotonic() - began, 3)}
                 log.info("destination_stored", seconds=round(time.monotonic() - began, 3))
-                self._apply_retention(destination, config)
+                self._apply_retention(destination, config, result)
                 if self.config.source.storage:
                     from backupd.storage_objects import prune_unreferenced
 
@@ -422,12 +422,16 @@ class Runner:
                 log.warning("destination_retrying", attempt=attempt + 1, delay_s=delay, error=str(exc))
                 time.sleep(delay)
 
-    def _apply_retention(self, destination: Destination, config: DestinationConfig) -> None:
+    def _apply_retention(self, destination: Destination, config: DestinationConfig, result: RunResult) -> None:
         if config.retention.is_unlimited():
             return
         from backupd.retention import apply_retention
+        from backupd.status import COMMAND_TRIGGERS
 
+        # this run is not in history.jsonl yet: a command-made one is named here
+        commanded = [result.id] if result.trigger in COMMAND_TRIGGERS else []
         try:
-            apply_retention(destination, config.retention, now_utc(), dry_run=False)
+            apply_retention(destination, config.retention, now_utc(), dry_run=False,
+                            state_dir=self.config.state.dir, commanded=commanded)
         except BackupdError as exc:
             log.error("retention_failed", error=str(exc))

@@ -23,6 +23,10 @@ from backupd.redact import redact_obj
 
 STATUS_NAME = "status.json"
 HISTORY_NAME = "history.jsonl"
+VERIFY_RECORDS_NAME = "verify.json"
+# run triggers that are commands from a chat (not the schedule nor an operator's shell): their
+# backups never push other backups out (backupd.retention)
+COMMAND_TRIGGERS = frozenset({"telegram"})
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -130,6 +134,36 @@ class StatusStore:
             yield
         finally:
             lock.release()
+
+    def command_backups(self) -> set[str]:
+        """Ids of the backups that runs triggered by a command (COMMAND_TRIGGERS) made."""
+        found: set[str] = set()
+        try:
+            with self.history_path.open("rb") as history:
+                for line in history:
+                    if b'"trigger"' not in line:
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and record.get("event") == "backup" \
+                            and record.get("trigger") in COMMAND_TRIGGERS and isinstance(record.get("id"), str):
+                        found.add(record["id"])
+        except OSError:
+            pass
+        return found
+
+    def verified_backups(self, destination: str) -> set[str]:
+        """Ids that passed their last verification at `destination` (verify.json)."""
+        try:
+            records = json.loads((self.dir / VERIFY_RECORDS_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        per_destination = records.get(destination) if isinstance(records, dict) else None
+        if not isinstance(per_destination, dict):
+            return set()
+        return {k for k, v in per_destination.items() if isinstance(v, dict) and v.get("verified") is True}
 
     def record_run(self, run: dict[str, Any], next_run: datetime | None = None) -> dict[str, Any]:
         """Fold one finished run into status.json and history.jsonl; returns the new status."""

@@ -41,7 +41,7 @@ import psycopg
 import structlog
 
 from backupd import proc
-from backupd.catalog import Table
+from backupd.catalog import Table, is_partitioned
 from backupd.checksum import DEFAULT_ALGORITHM, TableChecksum
 from backupd.config import Config, DestinationConfig
 from backupd.db import connect, describe, one_line, quote_ident, split_dsn, with_dbname
@@ -656,7 +656,9 @@ def _checksums(dsn: str, manifest: Manifest) -> dict[str, tuple[int, str] | str]
             schema, name = _split_key(key)
             like = TableChecksum.like(entry.checksum)
             try:
-                checksum = table_checksum(conn, Table(schema, name, list(entry.columns), list(entry.primary_key)),
+                table = Table(schema, name, list(entry.columns), list(entry.primary_key),
+                              partitioned=is_partitioned(conn, schema, name))
+                checksum = table_checksum(conn, table,
                                           like.algorithm if like is not None else DEFAULT_ALGORITHM)
             except SourceError as exc:
                 conn.rollback()

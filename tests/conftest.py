@@ -179,7 +179,7 @@ def table_checksums(dsn: str, manifest_tables: dict[str, Any] | None = None) -> 
                 if table.key not in manifest_tables:
                     continue
                 columns = manifest_tables[table.key]["columns"]
-                table = Table(table.schema, table.name, columns, table.primary_key)
+                table = Table(table.schema, table.name, columns, table.primary_key, partitioned=table.partitioned)
                 like = TableChecksum.like(manifest_tables[table.key]["checksum"])
                 checksum = table_checksum(conn, table, like.algorithm if like else DEFAULT_ALGORITHM)
             else:

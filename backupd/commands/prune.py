@@ -32,7 +32,8 @@ def handle(args: argparse.Namespace) -> int:
         for dest_config in config.destinations:
             destination = build(dest_config)
             try:
-                keep, removed = apply_retention(destination, dest_config.retention, now_utc(), args.dry_run)
+                keep, removed = apply_retention(destination, dest_config.retention, now_utc(), args.dry_run,
+                                                state_dir=config.state.dir)
             except BackupdError as exc:
                 sys.stderr.write(f"backupd: error: {dest_config.name}: {exc}\n")
                 failed += 1

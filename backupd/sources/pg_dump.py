@@ -4,6 +4,12 @@ Both pg_dump runs read the backup's snapshot (`--snapshot`). The password travel
 never in argv. Tables with excluded columns are left out of pg_dump's data and written by us as
 COPY blocks of the remaining columns, from the same snapshot, so an excluded column never
 leaves the database in either half.
+
+pg_dump's table selection does not reach partitions or inheritance children (`--exclude-table`
+and `--exclude-table-data` name one table each, `--table` a partitioned table without its
+partitions): each of them is named explicitly. A partitioned table with excluded columns is
+written through its parent (COPY into the parent routes rows to their partitions), none of its
+partitions by pg_dump, so every row is in data.sql exactly once.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import psycopg
 import structlog
 
 from backupd import proc
-from backupd.catalog import Table
+from backupd.catalog import Table, excluded_relations
 from backupd.config import DumpConfig, SourceConfig
 from backupd.db import one_line, quote_ident, split_dsn
 from backupd.errors import SourceError
@@ -45,6 +51,7 @@ class PgDumpSource:
         self.dump = dump
         self.tables = tables
         self.tool: PgTool | None = None
+        self._excluded: list[tuple[str, str]] | None = None
 
     def pick_tool(self, snapshot: Snapshot) -> PgTool:
         """The pg_dump to use against this server (checked before any dumping)."""
@@ -53,18 +60,47 @@ class PgDumpSource:
                              snapshot.info.server_version, self.dump.pg_dump)
         return self.tool
 
+    def _excluded_relations(self, snapshot: Snapshot) -> list[tuple[str, str]]:
+        """The excluded tables with their partitions and inheritance children (read once)."""
+        if self._excluded is None:
+            self._excluded = []
+            if self.source.exclude_tables:
+                conn = snapshot.attach()
+                try:
+                    self._excluded = excluded_relations(conn, list(self.source.schemas),
+                                                        list(self.source.exclude_tables))
+                finally:
+                    conn.close()
+        return self._excluded
+
+    def selection_args(self, snapshot: Snapshot, data: bool, schemas: bool = True) -> list[str]:
+        """pg_dump's table selection: the backed-up tables with their partitions (or, with
+        `schemas`, the configured schemas) less every excluded table and its descendants; with
+        `data`, the tables whose data backupd writes itself (excluded columns) are left out
+        together with their partitions."""
+        argv: list[str] = []
+        if self.source.include_tables:
+            argv += [arg for t in self.tables for name in [(t.schema, t.name), *t.partitions]
+                     for arg in ("--table", _pattern(*name))]
+        elif schemas:
+            argv += [arg for s in self.source.schemas for arg in ("--schema", _pattern(s))]
+        for pattern in self.source.exclude_tables:
+            schema, _, table = pattern.rpartition(".")
+            argv += ["--exclude-table", _pattern(schema or "public", table)]
+        for schema, table in self._excluded_relations(snapshot):
+            argv += ["--exclude-table", _pattern(schema, table)]
+        if data:
+            for partial in self.tables:
+                if partial.excluded_columns:
+                    argv += [arg for name in [(partial.schema, partial.name), *partial.partitions]
+                             for arg in ("--exclude-table-data", _pattern(*name))]
+        return argv
+
     def _base_argv(self, snapshot: Snapshot) -> tuple[list[str], dict[str, str]]:
         tool = self.pick_tool(snapshot)
         conninfo, env = split_dsn(self.source.dsn.get_secret_value())
         argv = [tool.path, "--dbname", conninfo, "--no-password", "--snapshot", snapshot.id,
                 "--encoding", "UTF8", "--no-owner", "--no-privileges"]
-        if self.source.include_tables:
-            argv += [arg for t in self.tables for arg in ("--table", _pattern(t.schema, t.name))]
-        else:
-            argv += [arg for s in self.source.schemas for arg in ("--schema", _pattern(s))]
-            for pattern in self.source.exclude_tables:
-                schema, _, table = pattern.rpartition(".")
-                argv += ["--exclude-table", _pattern(schema or "public", table)]
         return argv, env
 
     def produce(self, snapshot: Snapshot, sink: ArtifactSink) -> SourceReport:
@@ -72,12 +108,10 @@ class PgDumpSource:
         report = SourceReport()
         argv, env = self._base_argv(snapshot)
         log.info("dump_started", pg_dump=self.tool.version if self.tool else "")
-        report.artifacts.append(self._run(argv + ["--schema-only"], env, sink.open("schema.sql", "schema"),
-                                          rewrite=_idempotent_create_schema))
+        report.artifacts.append(self._run(argv + self.selection_args(snapshot, data=False) + ["--schema-only"],
+                                          env, sink.open("schema.sql", "schema"), rewrite=_idempotent_create_schema))
         partial = [t for t in self.tables if t.excluded_columns]
-        data_argv = argv + ["--data-only"]
-        for table in partial:
-            data_argv += ["--exclude-table-data", _pattern(table.schema, table.name)]
+        data_argv = argv + self.selection_args(snapshot, data=True) + ["--data-only"]
         writer = sink.open("data.sql", "data")
         try:
             if partial:
@@ -111,12 +145,14 @@ class PgDumpSource:
                      b"SET client_encoding = 'UTF8';\nSET standard_conforming_strings = on;\n\n")
         conn = snapshot.attach()
         try:
+            # every ALTER before any COPY: a parent's ALTER also relaxes its inheritance children
             for table in tables:
                 for column in table.excluded_required:
                     # the column was left out of the backup on purpose; without this a restore stops
                     writer.write(f"-- {column} was excluded from the backup: it restores as NULL\n"
                                  f"ALTER TABLE {table.sql_name} ALTER COLUMN {quote_ident(column)} "
                                  "DROP NOT NULL;\n".encode())
+            for table in tables:
                 cols = ", ".join(quote_ident(c) for c in table.columns)
                 writer.write(f"COPY {table.sql_name} ({cols}) FROM stdin;\n".encode())
                 with conn.cursor().copy(f"COPY ({table.select_sql()}) TO STDOUT") as copy:

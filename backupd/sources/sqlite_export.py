@@ -76,7 +76,7 @@ def write_sqlite(conn: psycopg.Connection[tuple[object, ...]], tables: list[Tabl
             db.execute(f"CREATE TABLE {quote_ident(table.key)} ({columns_sql})")
             select = ", ".join(expr for _, _, expr in mapped)
             condition = (where or {}).get(table.key, "")
-            sql = f"SELECT {select} FROM {table.sql_name}" + (f" WHERE {condition}" if condition else "")
+            sql = f"SELECT {select} FROM {table.from_sql}" + (f" WHERE {condition}" if condition else "")
             insert = (f"INSERT INTO {quote_ident(table.key)} VALUES ("
                       + ", ".join("?" for _ in mapped) + ")")
             count = 0

@@ -422,15 +422,7 @@ class SupabaseCliSource(PgDumpSource):
             return [self.dumpall.path, *plan.args, "--dbname", conninfo, "-l", database, "--no-password"], env
         tool = self.pick_tool(snapshot)
         argv = [tool.path, *plan.args, "--dbname", conninfo, "--no-password", "--snapshot", snapshot.id]
-        if self.source.include_tables:
-            argv += [arg for t in self.tables for arg in ("--table", _pattern(t.schema, t.name))]
-        for pattern in self.source.exclude_tables:
-            schema, _, table_name = pattern.rpartition(".")
-            argv += ["--exclude-table", _pattern(schema or "public", table_name)]
-        if kind == "data":
-            for table in self.tables:
-                if table.excluded_columns:
-                    argv += ["--exclude-table-data", _pattern(table.schema, table.name)]
+        argv += self.selection_args(snapshot, data=kind == "data", schemas=False)
         return argv, env
 
     def produce(self, snapshot: Snapshot, sink: ArtifactSink) -> SourceReport:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from tests.conftest import run_cli
 
 BOT_TOKEN = "123456789:AAEhBOweik6ad9r_QXMENQjcrGbqCr4K-XY"
 CHAT_ID = "424242"
+BOT_USERNAME = "BackupdTestBot"
 DISCORD_PATH = "/api/webhooks/1122334455/Zx9-sEcReTdIsCoRdToKeN_abcdef"
 HOOK_SECRET = "hmac-key-0f1e2d3c4b5a"
 HOOK_PATH = "/hooks/backupd-7a7a7a7a"
@@ -123,18 +125,31 @@ class TelegramBotApi(StandIn):
     def __init__(self) -> None:
         super().__init__()
         self.updates: list[dict[str, Any]] = []
+        self.tokens = {BOT_TOKEN: BOT_USERNAME}  # token -> the bot's username (getMe)
 
-    def push_message(self, chat_id: str, text: str) -> None:
-        """Queue a message as if a user sent it to the bot."""
-        self.updates.append({"update_id": 1000 + len(self.updates), "message": {
+    def push_message(self, chat_id: str, text: str, user_id: str | None = None,
+                     sender_chat: str | None = None) -> None:
+        """Queue a message as if a user sent it to the bot (in a private chat unless `user_id`
+        differs from the chat; `sender_chat`: sent on behalf of that channel, as Telegram does)."""
+        user = user_id or chat_id
+        message: dict[str, Any] = {
             "message_id": len(self.updates) + 1, "date": int(time.time()), "text": text,
-            "chat": {"id": int(chat_id), "type": "private"},
-            "from": {"id": int(chat_id), "is_bot": False, "first_name": "Operator"}}})
+            "chat": {"id": int(chat_id), "type": "private" if user == chat_id else "supergroup"},
+            "from": {"id": int(user), "is_bot": False, "first_name": "Operator"}}
+        if sender_chat:
+            # what Telegram sends for a message posted as a channel: a placeholder bot user
+            message["from"] = {"id": 136817688, "is_bot": True, "first_name": "Channel", "username": "Channel_Bot"}
+            message["sender_chat"] = {"id": int(sender_chat), "type": "channel", "title": "A channel"}
+        self.updates.append({"update_id": 1000 + len(self.updates), "message": message})
 
     def default_reply(self, request: Captured) -> Reply:
-        if not request.path.startswith(f"/bot{BOT_TOKEN}/"):
+        token = request.path.split("/")[1][len("bot"):] if request.path.startswith("/bot") else ""
+        if token not in self.tokens:
             return Reply(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
         form = request.form
+        if request.path.endswith("/getMe"):
+            return Reply(200, {"ok": True, "result": {"id": int(token.split(":")[0]), "is_bot": True,
+                                                      "first_name": "backupd", "username": self.tokens[token]}})
         if request.path.endswith("/getUpdates"):
             offset = int(form.get("offset") or 0)
             pending = [u for u in self.updates if u["update_id"] >= offset]
@@ -524,33 +539,69 @@ def test_send_test_reports_each_notifier_and_send_event_follows_on(make_config, 
     assert len(receiver.requests) == 1  # default `on` has no `restore`
 
 
-def test_telegram_commands_answer_the_configured_chat_only(make_config, tmp_path, telegram):
-    """With `commands = true` the daemon answers /status and runs /backup for the configured chat;
-    the same commands from another chat get no answer, run nothing, and are logged."""
+def test_telegram_commands_answer_allowed_users_of_the_configured_chat_only(make_config, tmp_path, telegram):
+    """With `commands = true` the daemon answers /status and runs /backup for a user of
+    `allowed_user_ids` in the configured chat. Another chat, a member not allowed, a message sent
+    on behalf of a channel and `/backup@OtherBot` get no answer, run nothing, and are logged with
+    the reason. A second /backup within `commands_min_interval` is refused; the command-made
+    backup pushes no older backup out (keep_last = 1). SIGHUP with a new token and chat rebuilds
+    the poller: it polls with the new token and answers in the new chat only."""
     from tests.e2e.test_daemon import DaemonProcess, wait_for
 
-    config = make_config(schedule={"every": "24h", "catch_up": False},
-                         notifiers=[telegram_notifier(telegram, commands=True, on=["success", "failure"])])
+    operator, stranger = "777001", "777002"
+    destination = {**good_destination(tmp_path), "retention": {"keep_last": 1}}
+
+    def commands_config(token: str, chat: str) -> Path:
+        return make_config(schedule={"every": "24h", "catch_up": False}, destinations=[destination],
+                           notifiers=[{**telegram_notifier(telegram, commands=True, on=["success", "failure"]),
+                                       "bot_token": token, "chat_id": chat, "allowed_user_ids": [int(operator)]}])
+
+    config = commands_config(BOT_TOKEN, CHAT_ID)
+    assert backup(config).returncode == 0  # an earlier backup, not made by a command
+    earlier = [p.name for p in (tmp_path / "backups").iterdir()]
     daemon = DaemonProcess(config, tmp_path / "daemon.log")
     try:
         daemon.wait_event("telegram_commands_started", timeout=30)
         telegram.push_message("999", "/backup")
-        telegram.push_message(CHAT_ID, "/status")
-        reply = wait_for(lambda: [m for m in telegram.messages() if "backupd: never" in m["text"]], 30,
+        telegram.push_message(CHAT_ID, "/backup", user_id=stranger)
+        telegram.push_message(CHAT_ID, "/backup", sender_chat="-1001234567")
+        telegram.push_message(CHAT_ID, "/backup@OtherBot", user_id=operator)
+        telegram.push_message(CHAT_ID, f"/status@{BOT_USERNAME}", user_id=operator)
+        reply = wait_for(lambda: [m for m in telegram.messages() if "backupd: healthy" in m["text"]], 30,
                          f"the /status reply\n{daemon.log[-2000:]}")[0]
-        assert reply["chat_id"] == CHAT_ID and "No run yet" in reply["text"] and "Next run:" in reply["text"]
-        ignored = daemon.events("telegram_command_ignored")
-        assert len(ignored) == 1 and "chat_id=999" in ignored[0] and "/backup" in ignored[0]
-        assert not json.loads((tmp_path / "state" / "status.json").read_text()).get("last_run")
+        assert reply["chat_id"] == CHAT_ID and "Last run:" in reply["text"] and "Next run:" in reply["text"]
+        reasons = [line.split("reason=")[1].strip("'\"") for line in daemon.events("telegram_command_ignored")]
+        assert reasons == ["not the configured chat", "sender not in allowed_user_ids",
+                           "sent on behalf of a chat, not by a user", "addressed to another bot"], reasons
+        assert last_run(tmp_path)["trigger"] != "telegram"
+        assert len(telegram.messages()) == 2  # the earlier backup's success, the /status reply
 
-        telegram.push_message(CHAT_ID, "/backup")
+        telegram.push_message(CHAT_ID, "/backup", user_id=operator)
         wait_for(lambda: [m for m in telegram.messages() if "Backup requested" in m["text"]], 30, "the /backup reply")
-        done = wait_for(lambda: [m for m in telegram.messages() if "backup succeeded" in m["text"]], 120,
+        done = wait_for(lambda: [m for m in telegram.messages() if "backup succeeded" in m["text"]][1:], 120,
                         f"the success message\n{daemon.log[-3000:]}")
         run = last_run(tmp_path)
         assert run["trigger"] == "telegram" and run["outcome"] == "success" and run["id"] in done[0]["text"]
+        # keep_last = 1, yet the command-made backup pushed the earlier one out: no
+        assert sorted(p.name for p in (tmp_path / "backups").iterdir()) == sorted([*earlier, run["id"]])
+        telegram.push_message(CHAT_ID, "/backup", user_id=operator)
+        refused = wait_for(lambda: [m for m in telegram.messages() if "less than 10min ago" in m["text"]], 30,
+                           f"the refusal\n{daemon.log[-2000:]}")
+        assert "try again in" in refused[0]["text"]
         assert all(m["chat_id"] == CHAT_ID for m in telegram.messages())
-        assert BOT_TOKEN.split(":")[1] not in daemon.log
+
+        new_token, new_chat = "987654321:BBnewTokenForTheReloadTest_abcdefgh", "515151"
+        telegram.tokens[new_token] = "BackupdOtherBot"
+        commands_config(new_token, new_chat)
+        daemon.signal(signal.SIGHUP)
+        daemon.wait_event("telegram_commands_restarted", timeout=30)
+        telegram.push_message(CHAT_ID, "/status", user_id=operator)
+        telegram.push_message(new_chat, "/status@BackupdOtherBot", user_id=operator)
+        wait_for(lambda: [m for m in telegram.messages() if m["chat_id"] == new_chat], 30,
+                 f"the /status reply in the new chat\n{daemon.log[-2000:]}")
+        assert [m["chat_id"] for m in telegram.messages()].count(CHAT_ID) == 5  # 2 successes, status, requested, refused
+        assert any(r.path == f"/bot{new_token}/getUpdates" for r in telegram.requests)
+        assert BOT_TOKEN.split(":")[1] not in daemon.log and new_token.split(":")[1] not in daemon.log
     finally:
         daemon.stop()
     history = (tmp_path / "state" / "history.jsonl").read_text().splitlines()

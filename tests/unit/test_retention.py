@@ -107,3 +107,25 @@ def test_no_rule_keeps_everything():
     """An empty policy expires nothing."""
     backups = _daily_fulls()
     assert select_expired(backups, Retention(), NOW) == set()
+
+
+def test_command_made_backups_push_no_other_backup_out():
+    """keep_last 3 over three daily backups: ten quick `/backup` runs (command-made) leave all
+    three scheduled backups in place; the commands' own backups beyond the rules expire."""
+    scheduled = [BackupRef(_id(d)) for d in DAYS[-3:]]
+    burst = [BackupRef(f"{DAYS[-1]:%Y%m%d}T12{m:02d}00Z", commanded=True) for m in range(10)]
+    kept = select(scheduled + burst, Retention(keep_last=3), NOW)
+    assert {b.id for b in scheduled} <= set(kept)
+    assert {b.id for b in burst if b.id in kept} == {b.id for b in burst[-3:]}
+    # without the mark, the same burst would have pushed every scheduled backup out
+    unmarked = [BackupRef(b.id) for b in burst]
+    assert not {b.id for b in scheduled} & set(select(scheduled + unmarked, Retention(keep_last=3), NOW))
+
+
+def test_the_newest_verified_backup_is_never_deleted():
+    """A verified backup older than what keep_last keeps stays (the last known good one); an older
+    verified one does not."""
+    backups = [BackupRef(_id(d), verified=d in (DAYS[-10], DAYS[-20])) for d in DAYS[-30:]]
+    expired = select_expired(backups, Retention(keep_last=3), NOW)
+    assert _id(DAYS[-10]) not in expired and _id(DAYS[-20]) in expired
+    assert len(expired) == 30 - 4
