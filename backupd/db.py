@@ -61,7 +61,9 @@ def connect(dsn: str, *, timeout: timedelta = timedelta(seconds=15), autocommit:
             application_name=APPLICATION_NAME,
         )
     except psycopg.Error as exc:
-        raise SourceError(f"cannot connect to the {what} at {describe(dsn)}: {one_line(exc)}") from None
+        hint = ("give the password through PGPASSWORD, ~/.pgpass, or a file holding the whole DSN"
+                if "no password supplied" in str(exc) else None)
+        raise SourceError(f"cannot connect to the {what} at {describe(dsn)}: {one_line(exc)}", hint) from None
 
 
 def one_line(exc: BaseException) -> str:

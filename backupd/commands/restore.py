@@ -1,4 +1,4 @@
-"""`backupd restore ID|latest|FILE --target DSN [--from NAME] [--strategy upsert|replace|merge]
+"""`backupd restore ID|latest|FILE --target DSN|--target-file FILE [--from NAME] [--strategy upsert|replace|merge]
 [--tables a,b] [--sql] [--dry-run] [--yes]`: contract section 7.
 
 A backup id (or `latest`) needs the config (its destination); a FILE (a JSON v2.0 export made
@@ -28,7 +28,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     parser = sub.add_parser("restore", parents=[common], help="restore a backup or a JSON export into a database",
                             description="Restore a backup (id or `latest`) or a JSON v2.0 file into --target.")
     parser.add_argument("backup", metavar="ID|latest|FILE", help="a backup id, `latest`, or a JSON export file")
-    parser.add_argument("--target", required=True, metavar="DSN", help="the database to restore into")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target", metavar="DSN",
+                        help="the database to restore into (the password may be left out: PGPASSWORD or "
+                             "~/.pgpass supply it)")
+    target.add_argument("--target-file", type=Path, metavar="FILE",
+                        help="a file holding the target DSN, so that no password stands in an argv")
     parser.add_argument("--from", dest="from_destination", metavar="NAME",
                         help="destination to restore from (default: the first)")
     parser.add_argument("--strategy", choices=["upsert", "replace", "merge"], default="upsert",
@@ -65,7 +70,22 @@ def _optional_config(args: argparse.Namespace) -> Any:
     return None
 
 
+def _read_target_file(path: Path) -> str:
+    """The DSN a --target-file holds (its first non-empty line); UsageError when it has none."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise UsageError(f"cannot read --target-file {path}: {reason}") from None
+    dsn = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if not dsn:
+        raise UsageError(f"--target-file {path} holds no DSN")
+    return dsn
+
+
 def handle(args: argparse.Namespace) -> int:
+    if args.target_file is not None:
+        args.target = _read_target_file(args.target_file)
     _register_target_secret(args.target)
     if args.strategy == "replace" and not args.yes and not args.dry_run:
         raise UsageError("--strategy replace deletes every target row the backup lacks: add --yes to confirm")

@@ -1,7 +1,9 @@
 """A generic JSON webhook: the event itself (schema `backupd.event/1`), optionally HMAC-signed.
 
-Headers: `X-Backupd-Event` (the event name), `X-Backupd-Signature: sha256=<hex>` when a `secret`
-is set: HMAC-SHA256 of the exact request body with the secret as key (see docs/alerts.md).
+Headers: `X-Backupd-Event` (the event name), `X-Backupd-Timestamp: <unix seconds>` (when it was
+sent), and `X-Backupd-Signature: sha256=<hex>` when a `secret` is set: HMAC-SHA256, keyed by the
+secret, of `<timestamp>.<body>` (the timestamp's digits, a dot, the exact body bytes), so a
+receiver that also checks the timestamp's age refuses a replayed request (see docs/alerts.md).
 """
 
 from __future__ import annotations
@@ -9,17 +11,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from typing import Any
 
 from backupd.notify import Event
 from backupd.notify.http import post
 
 SIGNATURE_HEADER = "X-Backupd-Signature"
+TIMESTAMP_HEADER = "X-Backupd-Timestamp"
 
 
-def signature(secret: str, body: bytes) -> str:
-    """The signature header's value: `sha256=` and the hex HMAC-SHA256 of `body` keyed by `secret`."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature header's value: `sha256=` and the hex HMAC-SHA256 of `<timestamp>.<body>`
+    keyed by `secret`."""
+    return "sha256=" + hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 class WebhookNotifier:
@@ -32,9 +37,10 @@ class WebhookNotifier:
     def send(self, event: Event) -> None:
         """POST the event; any 2xx is success. Raises DeliveryError or an httpx error otherwise."""
         body = json.dumps(event, separators=(",", ":"), sort_keys=True).encode()
+        timestamp = int(time.time())
         headers = {"Content-Type": "application/json", "X-Backupd-Event": str(event["event"]),
-                   "X-Backupd-Schema": str(event["schema"])}
+                   "X-Backupd-Schema": str(event["schema"]), TIMESTAMP_HEADER: str(timestamp)}
         if self.config.secret is not None:
-            headers[SIGNATURE_HEADER] = signature(self.config.secret.get_secret_value(), body)
+            headers[SIGNATURE_HEADER] = signature(self.config.secret.get_secret_value(), timestamp, body)
         post(self.config.url.get_secret_value(), content=body, headers=headers,
              timeout=float(self.config.timeout.total_seconds()))

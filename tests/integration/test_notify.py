@@ -5,8 +5,6 @@ often they come, the backup's exit code, and that no secret leaks anywhere."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import signal
 import threading
@@ -21,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from backupd.notify.webhook import signature
 from tests.conftest import run_cli
 
 BOT_TOKEN = "123456789:AAEhBOweik6ad9r_QXMENQjcrGbqCr4K-XY"
@@ -179,14 +178,34 @@ class DiscordWebhooks(StandIn):
         return Reply(204)
 
 
+def _docs_webhook_check() -> str:
+    """The Python that docs/alerts.md gives receivers to check a webhook's signature."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text()
+    section = text[text.index("### Generic webhook"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+class _Headers(dict[str, str]):
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+
 class WebhookReceiver(StandIn):
-    """Stands in for an operator's own HTTPS endpoint receiving backupd's JSON events; it refuses
-    any request whose X-Backupd-Signature is not the HMAC-SHA256 of the body."""
+    """Stands in for an operator's own HTTPS endpoint receiving backupd's JSON events, checking
+    each with the very code docs/alerts.md shows (the HMAC-SHA256 of `<X-Backupd-Timestamp>.<body>`
+    and a timestamp at most 5 minutes off); it refuses any request that check fails."""
+
+    check = _docs_webhook_check()
 
     def default_reply(self, request: Captured) -> Reply:
-        expected = "sha256=" + hmac.new(HOOK_SECRET.encode(), request.body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(request.headers.get("x-backupd-signature", ""), expected):
-            return Reply(401, {"error": "bad signature"})
+        scope: dict[str, Any] = {"secret": HOOK_SECRET, "request_body": request.body,
+                                 "request": type("Request", (), {"headers": _Headers(request.headers)})}
+        try:
+            exec(self.check, scope)  # noqa: S102 - the documented receiver code, run as written
+        except (KeyError, ValueError):
+            return Reply(401, {"error": "missing or malformed signature headers"})
+        if not scope["ok"]:
+            return Reply(401, {"error": "bad signature or stale timestamp"})
         return Reply(200, {"received": True})
 
 
@@ -437,6 +456,17 @@ def test_repeat_suppression_across_processes_then_recovered(
         assert event["schema"] == "backupd.event/1"
         assert request.headers["x-backupd-event"] == event["event"]
         assert request.headers["x-backupd-signature"].startswith("sha256=")
+        assert abs(int(request.headers["x-backupd-timestamp"]) - time.time()) < 600
+        # the documented check passes the request as sent, and refuses it with another timestamp
+        assert receiver.default_reply(request).status == 200
+        moved = Captured(request.method, request.path, request.query,
+                         {**request.headers, "x-backupd-timestamp": str(int(time.time()) + 1)}, request.body)
+        assert receiver.default_reply(moved).status == 401
+        old = int(time.time()) - 3600  # a correctly signed request, replayed an hour later
+        replayed = Captured(request.method, request.path, request.query,
+                            {**request.headers, "x-backupd-timestamp": str(old),
+                             "x-backupd-signature": signature(HOOK_SECRET, old, request.body)}, request.body)
+        assert receiver.default_reply(replayed).status == 401
         assert {"at", "host", "title", "summary", "text", "run", "next_run", "severity"} <= set(event)
     assert events[2]["run"]["outcome"] == "success" and events[2]["run"]["destinations"]["local"]["ok"]
     assert events[0]["run"]["destinations"]["broken"]["ok"] is False

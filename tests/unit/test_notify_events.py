@@ -61,9 +61,11 @@ def test_events_from_other_commands_are_completed():
     assert event["details"]["strategy"] == "replace"
 
 
-def test_webhook_signature_is_hmac_sha256_of_the_body():
+def test_webhook_signature_is_hmac_sha256_of_timestamp_dot_body():
     body = b'{"event":"failure"}'
-    assert signature("k3y", body) == "sha256=" + hmac.new(b"k3y", body, hashlib.sha256).hexdigest()
+    assert signature("k3y", 1764806400, body) == "sha256=" + hmac.new(
+        b"k3y", b'1764806400.{"event":"failure"}', hashlib.sha256).hexdigest()
+    assert signature("k3y", 1764806401, body) != signature("k3y", 1764806400, body)
 
 
 def test_table_summary_keeps_the_biggest_five():
