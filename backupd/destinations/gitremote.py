@@ -126,7 +126,7 @@ def ssh_environment(config: GitDestinationConfig, remote: str | None) -> Iterato
         options: list[str] = []
         if config.ssh_key is not None:
             key = folder / "key"
-            content = config.ssh_key.get_secret_value()
+            content = config.ssh_key.get_secret_value().replace("\r\n", "\n")  # ssh refuses a CRLF key
             descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with open(descriptor, "w", encoding="utf-8") as out:
                 out.write(content if content.endswith("\n") else content + "\n")  # ssh wants the newline

@@ -142,7 +142,7 @@ def test_push_over_ssh_key_and_host_key_checked_secret_kept(tmp_path, source_dsn
 
     seen: list[str] = []
     leaked: list[str] = []
-    backup = subprocess.Popen([sys.executable, "-m", "backupd", "--config", str(config), "backup"],
+    backup = subprocess.Popen([sys.executable, "-m", "backupd", "--config", str(config), "backup", "-v"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = threading.Event()
 
@@ -187,6 +187,7 @@ def test_push_over_ssh_key_and_host_key_checked_secret_kept(tmp_path, source_dsn
                               capture_output=True).returncode != 0
     written = out + err + "".join(p.read_text() for p in (tmp_path / "state").rglob("*")
                                   if p.is_file() and p.suffix in (".json", ".jsonl", ".log", ""))
+    assert "command_started" in err and "git" in err  # the debug log lines (each argv) were written too
     assert not [secret for secret in secrets if secret in written]
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("backupd-ssh-*/key"))
 
