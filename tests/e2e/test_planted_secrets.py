@@ -53,6 +53,7 @@ SECRETS = {
     "hook_secret": "PlantedHmacKey-8uIoo",
     "ping_uuid": "PlantedPingUuid-2wEss",
     "check_config_bad": "PlantedCheckCfg-6yHnn",
+    "ssh_key": "PlantedSshKeyBody-7hGff",
 }
 
 
@@ -230,6 +231,8 @@ def test_no_planted_secret_is_written_printed_or_sent(pg, tmp_path, recorder, mo
     secret_files = tmp_path / "secret-files"
     secret_files.mkdir()
     (secret_files / "bot_token").write_text(SECRETS["bot_token"] + "\n")
+    (secret_files / "ssh_key").write_text(  # unused over the HTTP remote; ssh's own use: tests/integration/test_git_ssh.py
+        f"-----BEGIN OPENSSH PRIVATE KEY-----\n{SECRETS['ssh_key']}\n-----END OPENSSH PRIVATE KEY-----\n")
     state, backups, repo = tmp_path / "state", tmp_path / "backups", tmp_path / "repo"
     root = recorder.root
     on_all = ["success", "failure", "partial", "stale", "recovered", "restore", "verify_failed"]
@@ -245,7 +248,7 @@ def test_no_planted_secret_is_written_printed_or_sent(pg, tmp_path, recorder, mo
              "part_size_mb": 5},
             {"name": "supa", "type": "supabase", "url": root, "service_role_key": SECRETS["supabase_key"],
              "bucket": "backups"},
-            {"name": "git", "type": "git", "path": str(repo),
+            {"name": "git", "type": "git", "path": str(repo), "ssh_key_file": str(secret_files / "ssh_key"),
              "remote": f"{root.replace('http://', 'http://oauth2:' + SECRETS['git_token'] + '@')}/org/repo.git"},
         ],
         "notifiers": [
