@@ -194,17 +194,20 @@ def test_push_over_ssh_key_and_host_key_checked_secret_kept(tmp_path, source_dsn
 
 def test_doctor_tells_host_key_and_authentication_apart(tmp_path, source_dsn, sshd):
     """`doctor` reaches each ssh remote with `git ls-remote` before any backup: the pinned key and an
-    accepted deploy key pass; a changed host key, an unpinned host and a refused key each get their
+    accepted deploy key (here the systemd credential `ssh_key`) pass; a changed host key, an unpinned host and a refused key each get their
     own FAIL line saying which (host key verification vs authentication) and which setting to fix."""
     config = _config(tmp_path, source_dsn, [
-        _git_destination("good", tmp_path, sshd, ssh_key_file=str(sshd.key),
-                         host_key=f"[127.0.0.1]:{sshd.port} {sshd.host_key_line}"),
+        _git_destination("good", tmp_path, sshd, host_key=f"[127.0.0.1]:{sshd.port} {sshd.host_key_line}"),
         _git_destination("impostor", tmp_path, sshd, ssh_key_file=str(sshd.key), host_key=sshd.other_host_key_line),
         _git_destination("unpinned", tmp_path, sshd, ssh_key_file=str(sshd.key)),
         _git_destination("stranger", tmp_path, sshd, ssh_key_file=str(sshd.unknown_key),
                          known_hosts_file=str(_known_hosts(tmp_path, sshd))),
     ])
-    result = run_cli("--config", str(config), "doctor", timeout=120)
+    credentials = tmp_path / "credentials"  # systemd's LoadCredential=ssh_key:... gives "good" its key
+    credentials.mkdir()
+    shutil.copy(sshd.key, credentials / "ssh_key")
+    result = run_cli("--config", str(config), "doctor", env={"CREDENTIALS_DIRECTORY": str(credentials)},
+                     timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = {line.split()[2]: line for line in result.stdout.splitlines() if " destination " in line}
     assert lines["good"].startswith("ok") and "host key" in lines["good"] and "key accepted" in lines["good"]
