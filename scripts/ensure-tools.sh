@@ -10,10 +10,11 @@ command -v age     >/dev/null 2>&1 || missing="$missing age"
 command -v sqlite3 >/dev/null 2>&1 || missing="$missing sqlite3"
 command -v psql    >/dev/null 2>&1 || missing="$missing postgresql-client"
 [ -x /usr/sbin/sshd ]              || missing="$missing openssh-server"
-# promtool (monitoring rules), headless chromium + its driver (the status page)
+# promtool (monitoring rules), headless chromium + its driver (the status page), zsh (completion)
 command -v promtool     >/dev/null 2>&1 || missing="$missing prometheus"
 command -v chromium     >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
+command -v zsh          >/dev/null 2>&1 || missing="$missing zsh"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing:$missing"

@@ -64,6 +64,10 @@ install -m 0644 "$REPO/docs/operations.md" "$DESTDIR$PREFIX/share/doc/operations
 install -d -m 0755 "$DESTDIR/usr/local/bin"
 ln -sfn "$PREFIX/bin/backupd" "$DESTDIR/usr/local/bin/backupd"
 say "command /usr/local/bin/backupd -> $PREFIX/bin/backupd"
+# shell completion (bash-completion and zsh load these by name)
+install -d -m 0755 "$DESTDIR/usr/share/bash-completion/completions" "$DESTDIR/usr/share/zsh/vendor-completions"
+"$DESTDIR$PREFIX/bin/backupd" completion bash > "$DESTDIR/usr/share/bash-completion/completions/backupd"
+"$DESTDIR$PREFIX/bin/backupd" completion zsh > "$DESTDIR/usr/share/zsh/vendor-completions/_backupd"
 
 # 2. the system user (owns the state and the local backups, nothing else)
 if [ -n "$DESTDIR" ]; then

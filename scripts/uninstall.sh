@@ -46,6 +46,7 @@ if [ -x "$DESTDIR$PREFIX/bin/backupd" ] || [ -e "$DESTDIR$PREFIX/pyvenv.cfg" ]; 
     say "removed $DESTDIR$PREFIX"
 fi
 rm -f "$DESTDIR/etc/backupd/backupd.example.toml"
+rm -f "$DESTDIR/usr/share/bash-completion/completions/backupd" "$DESTDIR/usr/share/zsh/vendor-completions/_backupd"
 if [ "$(readlink "$DESTDIR/usr/local/bin/backupd" 2>/dev/null)" = "$PREFIX/bin/backupd" ]; then
     rm -f "$DESTDIR/usr/local/bin/backupd"
     say "removed $DESTDIR/usr/local/bin/backupd"

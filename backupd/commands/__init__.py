@@ -5,8 +5,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from backupd.commands import (
-    backup, check_config, diff, doctor, export, list_backups, prune, restore, restore_storage, run, status, verify,
+    backup, check_config, completion, diff, doctor, export, list_backups, prune, restore, restore_storage, run, status,
+    verify,
 )
 
 COMMANDS: list[ModuleType] = [run, backup, status, list_backups, prune, check_config, doctor, restore, verify, diff,
-                              export, restore_storage]
+                              export, restore_storage, completion]

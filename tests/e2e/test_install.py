@@ -40,6 +40,8 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path):
     assert (root / "etc/backupd/credentials/dsn").read_bytes() == b""
     assert (root / "var/backups/backupd").is_dir()
     assert os.readlink(root / "usr/local/bin/backupd") == f"{prefix}/bin/backupd"
+    assert "complete -F _backupd backupd" in (root / "usr/share/bash-completion/completions/backupd").read_text()
+    assert (root / "usr/share/zsh/vendor-completions/_backupd").read_text().startswith("#compdef backupd")
     python = (root / prefix.lstrip("/") / "bin" / "python3").resolve()
     assert not str(python).startswith(("/root/", "/home/")), python
 
@@ -61,6 +63,7 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path):
     assert config.read_text() == edited and (state / "status.json").exists()
     assert (root / "var/backups/backupd/20260101T000000Z").is_dir()
     assert not (root / "usr/local/bin/backupd").is_symlink()
+    assert not (root / "usr/share/bash-completion/completions/backupd").exists()
 
 
 def test_install_refuses_a_relative_prefix(tmp_path):
