@@ -401,6 +401,13 @@ class GitDestinationConfig(DestinationBase):
                              "the .pub file is the public half)")
         return value
 
+    @field_validator("known_hosts_file")
+    @classmethod
+    def _known_hosts_file(cls, value: Path | None) -> Path | None:
+        if value is not None and '"' in str(value):
+            raise ValueError("a path with a double quote cannot be handed to ssh")
+        return value
+
     @field_validator("host_key")
     @classmethod
     def _host_key(cls, value: str) -> str:

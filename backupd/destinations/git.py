@@ -368,7 +368,6 @@ class GitDestination:
         with ssh_environment(self.config, self.remote) as ssh:
             return proc.run(["git", "-C", str(self.path), *args], env=self._env(ssh), timeout=timeout)
 
-
     def _push(self, lease: str | None = None) -> None:
         if not self.remote:
             return
@@ -635,6 +634,7 @@ class GitDestination:
             message = {"host-key": f"{self.name}: host key verification failed: {problem.reason}",
                        "auth": f"{self.name}: authentication refused: {problem.reason}",
                        "not-found": f"{self.name}: repository not found: {problem.reason}",
+                       "tls": f"{self.name}: TLS certificate not trusted: {problem.reason}",
                        "unreachable": f"{self.name}: remote unreachable: {problem.reason}"}
             raise DestinationError(message.get(problem.kind, f"{self.name}: remote check failed: {problem.reason}"),
                                    problem.hint, transient=problem.transient) from None

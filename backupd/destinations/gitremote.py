@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from backupd.config import GitDestinationConfig
 from backupd.errors import CommandError
 
-ProblemKind = Literal["host-key", "auth", "not-found", "unreachable", "rejected", "other"]
+ProblemKind = Literal["host-key", "auth", "not-found", "tls", "unreachable", "rejected", "other"]
 
 _SSH_URL = re.compile(r"^(ssh|git\+ssh|ssh\+git)://", re.IGNORECASE)
 # scp-like syntax: a colon before the first slash ([user@]host:path, [user@][v6addr]:path)
@@ -61,6 +61,7 @@ _RULES: tuple[tuple[ProblemKind, tuple[str, ...]], ...] = (
                    r"repository '.*' not found",
                    r"The requested URL returned error: 404",
                    r"could not be found")),
+    ("tls", (r"SSL certificate problem|server certificate verification failed|certificate has expired",)),
     ("unreachable", (r"Could not resolve host",
                      r"Connection refused|Connection timed out|No route to host|Network is unreachable",
                      r"Connection reset|Connection closed by|kex_exchange_identification|Failed to connect to",
@@ -108,9 +109,7 @@ def _keyscan(host: str, port: int | None) -> str:
 def _ssh_option(name: str, path: Path | str) -> str:
     """`-o Name="PATH"`, safe for sh (git runs the command through it) and for ssh's own parser
     (which splits on spaces and expands %-tokens)."""
-    text = str(path)
-    if '"' in text:
-        raise ValueError(f"a path with a double quote cannot be given to ssh: {text}")
+    text = str(path)  # no double quote: refused at config load
     return "-o " + shlex.quote(f'{name}="{text.replace("%", "%%")}"')
 
 
@@ -194,6 +193,8 @@ def _hint(kind: ProblemKind, reason: str, config: GitDestinationConfig, remote: 
             return "set ssh_key_file to a private key the server accepts (a deploy key with write access)"
         return ("the remote refused the credentials in remote (or remote_file): put a token with write access "
                 "in the URL (https://USER:TOKEN@host/owner/repo.git) and check it has not expired")
+    if kind == "tls":
+        return "the server's TLS certificate is not trusted here: fix the server's certificate or this host's CA bundle"
     if kind == "not-found":
         return "check the repository path in remote (or remote_file), and that the key or token may reach it"
     if kind == "rejected":

@@ -53,6 +53,8 @@ CASES = [
     (HTTPS, "remote: Permission to acme/db-backups.git denied to backup-bot.\nfatal: unable to access "
             "'https://github.com/acme/db-backups.git/': The requested URL returned error: 403", "auth",
      "Permission to acme/db-backups.git denied", "remote_file"),
+    (HTTPS, "fatal: unable to access 'https://git.example.org/acme/db-backups.git/': SSL certificate problem: "
+            "self-signed certificate", "tls", "SSL certificate problem", "CA bundle"),
     (HTTPS, "fatal: unable to access 'https://github.com/acme/db-backups.git/': Failed to connect to github.com "
             "port 443 after 3 ms: Couldn't connect to server", "unreachable", "Failed to connect", None),
 ]
