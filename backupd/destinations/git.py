@@ -18,7 +18,10 @@ Commits are built with plumbing (hash-object, a private index, write-tree, commi
 published by one compare-and-swap `update-ref`: a killed run leaves no commit, so nothing
 half-published is ever listed. When `remote` is set the branch is pushed after every commit; a
 failed push takes the local commit back, so the backup is stored everywhere or nowhere. The
-remote URL reaches git through `GIT_CONFIG_*` environment variables, never argv or a file.
+remote URL reaches git through `GIT_CONFIG_*` environment variables, never argv or a file; an
+ssh remote is reached with the GIT_SSH_COMMAND that gitremote.py builds (deploy key in a private
+temp file, pinned host key, BatchMode), and a failed push or `doctor` check keeps the line that
+says why (gitremote.diagnose).
 Removing a backup (retention) rewrites the later commits onto the removed one's parent (each
 commit is a whole snapshot, so trees are reused as they are) and force-pushes with a lease.
 """
