@@ -570,7 +570,8 @@ class VerifyConfig(Section):
     """[verify]: restore tests and scheduled drills."""
 
     secret_keys: ClassVar[tuple[str, ...]] = ("scratch_dsn",)
-    scratch_dsn: SecretStr | None = Field(default=None, description="server for scratch databases; empty: the source's server when its role may CREATEDB, else a throwaway PostgreSQL")
+    scratch_dsn: SecretStr | None = Field(default=None, description="server for scratch databases (restore tests, drills, restore --sql --dry-run); empty: a throwaway local PostgreSQL, never the source's server")
+    restore_timeout: Duration = Field(default=timedelta(hours=1), description="a psql restore in a restore test, drill or SQL dry run that runs longer is stopped and fails")
     schedule: Literal["", "after-backup", "daily", "weekly"] = Field(default="", description="drill schedule")
 
 

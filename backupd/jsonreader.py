@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from backupd.errors import IntegrityError
+from backupd.lines import MAX_LINE_BYTES, line_too_long
 
 SUPPORTED_EXPORT_VERSIONS = ("2.0",)
 READ_CHUNK = 1 << 20
@@ -132,6 +133,9 @@ class ExportReader:
         if self._pos > (1 << 20) and self._pos > len(self._buf) // 2:
             self._buf = self._buf[self._pos:]
             self._pos = 0
+        if len(self._buf) - self._pos > MAX_LINE_BYTES:
+            # one value (a row) longer than any backupd writes: a forged or damaged file
+            raise line_too_long(self._where)
         if self._pending:
             data, self._pending = self._pending, b""
         else:
@@ -346,6 +350,8 @@ class _LineLayoutReader:
                 line = self._buf[self._pos:end]
                 self._pos = end + 1
                 return line
+            if len(self._buf) - self._pos > MAX_LINE_BYTES:
+                raise line_too_long(self._where)
             if not self._fill():
                 raise IntegrityError(f"{self._where}: the JSON document ends early (truncated)")
 

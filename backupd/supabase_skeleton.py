@@ -223,3 +223,14 @@ def skeleton_sql() -> str:
     Needs a superuser (it creates roles). Never raises."""
     return ("-- backupd: minimal Supabase skeleton (roles, auth/storage/extensions schemas)\n"
             "SET client_min_messages = warning;\n" + _ROLES_SQL + "\n" + _BODY)
+
+
+def skeleton_roles_sql() -> str:
+    """The reserved roles alone (cluster-wide; needs CREATEROLE): a dry run creates them as the
+    scratch server's own role, then loads `skeleton_body_sql()` as the unprivileged restore role."""
+    return "SET client_min_messages = warning;\n" + _ROLES_SQL + "\n"
+
+
+def skeleton_body_sql() -> str:
+    """The schemas, functions and tables of the skeleton (what a database owner may create)."""
+    return "-- backupd: minimal Supabase skeleton (auth/storage/extensions schemas)\n" + _BODY

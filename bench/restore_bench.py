@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="backupd-restore-bench-"))
-    server = LocalPostgres(work / "pg")
+    server = LocalPostgres()
     server.start()
     try:
         bin_dir = server.bin_dir

@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--every", default="5s")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="backupd-soak-"))
-    server = LocalPostgres(work / "pg")
+    server = LocalPostgres()
     server.start()
     daemon = None
     try:

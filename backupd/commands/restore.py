@@ -106,6 +106,12 @@ def handle(args: argparse.Namespace) -> int:
         from backupd.commands.common import config_from
 
         config = config_from(args)
+        if args.sql and args.dry_run:
+            from backupd.scratch import refusal
+
+            problem = refusal(config)
+            if problem is not None:
+                raise problem
     else:
         config = _optional_config(args)
     started = now_utc()
@@ -141,10 +147,16 @@ def _restore(args: argparse.Namespace, config: Any, tables: list[str] | None) ->
             manifest = find_backup(destination, args.backup)
             chain = [manifest] if args.sql else backup_chain(destination, manifest)
             decryptor = make_decryptor(chain, args.gpg_homedir, list(args.identity))
+            if args.sql and args.dry_run:
+                # in a scratch database: a `COMMIT;` in the file must not reach the target
+                from backupd.scratch import dry_run_sql
+
+                return dry_run_sql(config, destination, manifest, args.target, decryptor,
+                                   supabase_skeleton=args.supabase_skeleton)
             if args.sql:
                 from backupd.sqlrestore import restore_sql
 
-                return restore_sql(destination, manifest, args.target, decryptor, dry_run=args.dry_run,
+                return restore_sql(destination, manifest, args.target, decryptor,
                                    supabase_skeleton=args.supabase_skeleton)
             inputs = backup_inputs(destination, chain, decryptor)
             label = f"{destination.name}:{manifest.id}"

@@ -23,4 +23,10 @@ def handle(args: argparse.Namespace) -> int:
     from backupd.daemon import Daemon
 
     config = config_from(args)  # a bad config ends here: exit 2, nothing started
+    if config.verify.schedule:
+        from backupd.scratch import refusal
+
+        problem = refusal(config)
+        if problem is not None:
+            raise problem  # drills could never run: say so before the daemon starts
     return Daemon(config_path(args.config).absolute(), config).run()

@@ -32,6 +32,12 @@ def handle(args: argparse.Namespace) -> int:
     from backupd.verify import record_result, resolve_backup, verify_backup
 
     config = config_from(args)
+    if args.restore_test:
+        from backupd.scratch import refusal
+
+        problem = refusal(config)
+        if problem is not None:
+            raise problem  # up front, exit 2: plain verify still works
     destination = destination_from(config, args.source)
     manifest = resolve_backup(destination, args.backup)
     decryptor = None

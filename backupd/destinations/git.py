@@ -53,6 +53,7 @@ from backupd.config import GitDestinationConfig
 from backupd.destinations.base import StagedBackup
 from backupd.destinations.gitremote import diagnose, is_ssh_remote, ssh_environment, ssh_target
 from backupd.errors import CommandError, DestinationError, IntegrityError, NotFound
+from backupd.lines import MAX_LINE_BYTES, bounded_lines, line_too_long
 from backupd.manifest import MANIFEST_NAME, ArtifactEntry, Manifest
 from backupd.pipeline import open_decoded
 from backupd.sources.json_export import JsonDocumentWriter
@@ -74,17 +75,18 @@ _ZERO = "0" * 40
 def read_export(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
     """Events of a JSON v2.0 document laid out by JsonDocumentWriter (one row per line):
     ("header", dict), ("table", key), ("row", bytes), ("trailer", dict). Raises IntegrityError."""
-    first = stream.readline().rstrip(b"\n")
+    lines = bounded_lines(stream, "export.json")
+    first = next(lines, b"").rstrip(b"\n")
     try:
         header = json.loads(first[:-1] + b"}") if first.endswith(b",") else None
     except json.JSONDecodeError:
         header = None
-    if not isinstance(header, dict) or stream.readline().strip() != b'"data": {':
+    if not isinstance(header, dict) or next(lines, b"").strip() != b'"data": {':
         raise IntegrityError("export.json is not laid out one row per line as backupd writes it")
     yield "header", header
     decoder = json.JSONDecoder()
     in_table = False
-    for raw in iter(stream.readline, b""):
+    for raw in lines:
         line = raw.rstrip(b"\n")
         if in_table:
             if line in (b"]", b"],"):
@@ -93,7 +95,9 @@ def read_export(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
             yield "row", line[:-1] if line.endswith(b",") else line
             continue
         if line in (b"}", b"},"):
-            rest = stream.read()
+            rest = stream.read(MAX_LINE_BYTES + 1)
+            if len(rest) > MAX_LINE_BYTES:
+                raise line_too_long("export.json")
             try:
                 trailer = json.loads(b"{" + rest)
             except json.JSONDecodeError as exc:

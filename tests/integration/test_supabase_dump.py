@@ -44,7 +44,7 @@ def supabase_cli() -> Path:
 @pytest.fixture(scope="module")
 def plain_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
     """A second, pristine PostgreSQL cluster: no anon/authenticated roles, no auth schema."""
-    server = LocalPostgres(tmp_path_factory.mktemp("plainpg"))
+    server = LocalPostgres()
     server.start()
     try:
         yield server

@@ -87,7 +87,7 @@ def test_role_statement_timeout_is_lifted_for_the_backup_sessions(make_config, s
 @pytest.fixture
 def own_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """A PostgreSQL server of this test's own (restarting the session's would disturb others)."""
-    server = LocalPostgres(tmp_path_factory.mktemp("pg_restart"))
+    server = LocalPostgres()
     server.start()
     try:
         dsn = server.create_database("jarvis")

@@ -11,6 +11,7 @@ import pytest
 
 from backupd.errors import IntegrityError
 from backupd.jsonreader import ExportReader
+from backupd.lines import MAX_LINE_BYTES
 from backupd.pgtools import PgTool
 from backupd.sqlrestore import LineFilter, knows_restrict
 
@@ -111,12 +112,27 @@ def test_damaged_documents_are_refused(raw, message):
 
 
 def test_line_filter_drops_lines_across_chunk_boundaries():
-    text = b"SET a = 1;\nSET transaction_timeout = 0;\nCOPY t FROM stdin;\n1\n\\.\n"
+    """pg_dump 17's `SET transaction_timeout` (for an older server) and the dump's own
+    `\\restrict`/`\\unrestrict` lines go, outside COPY data only: a COPY row that reads like one
+    (a value starting with a carriage return is written `\\r...`) stays, at every chunk size."""
+    text = (b"\\restrict AbC123\nSET a = 1;\nSET transaction_timeout = 0;\nCOPY t (a) FROM stdin;\n"
+            b"\\restrict looks like one\n1\n\\.\nSELECT 1;\n\\unrestrict AbC123\n")
+    wanted = b"SET a = 1;\nCOPY t (a) FROM stdin;\n\\restrict looks like one\n1\n\\.\nSELECT 1;\n"
     for step in range(1, len(text) + 1):
-        line_filter = LineFilter([b"SET transaction_timeout = 0;"])
+        line_filter = LineFilter("data.sql", drop_transaction_timeout=True)
         out = b"".join(line_filter.feed(text[i:i + step]) for i in range(0, len(text), step)) + line_filter.finish()
-        assert out == b"SET a = 1;\nCOPY t FROM stdin;\n1\n\\.\n", step
-    assert LineFilter([]).feed(text) + b"" == text
+        assert out == wanted, step
+    kept = LineFilter("data.sql").feed(text)
+    assert b"SET transaction_timeout = 0;" in kept and b"AbC123" not in kept
+
+
+def test_line_filter_refuses_a_line_over_the_cap_before_buffering_it():
+    line_filter = LineFilter("data.sql")
+    chunk = b"x" * (8 << 20)
+    with pytest.raises(IntegrityError, match="data.sql: a line longer than 64 MiB"):
+        for _ in range(9):
+            line_filter.feed(chunk)
+    assert len(line_filter._rest) <= MAX_LINE_BYTES
 
 
 @pytest.mark.parametrize("version, expected", [("15.13", False), ("15.14", True), ("15.18", True),
@@ -124,7 +140,15 @@ def test_line_filter_drops_lines_across_chunk_boundaries():
                                                ("18.0", True), ("12.22", False)])
 def test_which_psql_knows_restrict(version, expected):
     major = int(version.split(".")[0])
-    assert knows_restrict(PgTool("/usr/bin/psql", major, version)) is expected
+    assert knows_restrict(PgTool("/nonexistent/psql", major, version)) is expected
+
+
+def test_a_backported_restrict_is_found_in_psql_help(tmp_path):
+    """A distribution's 15.13 that lists `\\restrict` among its meta-commands is accepted."""
+    fake = tmp_path / "psql"
+    fake.write_text("#!/bin/sh\necho '  \\\\restrict RESTRICT_KEY'\n")
+    fake.chmod(0o755)
+    assert knows_restrict(PgTool(str(fake), 15, "15.13")) is True
 
 
 def _written(tables: dict[str, list[dict[str, Any]]], deleted: dict[str, list[object]] | None = None) -> bytes:
