@@ -220,9 +220,10 @@ def dry_run_sql(config: Config, destination: Destination, manifest: Manifest, ta
     matters: the scratch database is dropped either way. With `supabase_skeleton`, the reserved
     roles are made by the scratch server's own role; the backup's roles.sql is not run."""
     from backupd.sqlrestore import restore_sql
-    from backupd.sqltarget import inspect_target
+    from backupd.sqltarget import check_target, inspect_target
 
     facts = inspect_target(target_dsn)  # read-only: the target is reachable, and what it is
+    check_target(facts, [], target_dsn)  # and holds nothing a restore would collide with
     supabase_skeleton = supabase_skeleton or facts.supabase  # a Supabase dump needs the platform's roles
     with scratch_server(config, manifest) as server:
         dsn = server.create(f"backupd_dryrun_{manifest.id.lower()}_{secrets.token_hex(3)}")
