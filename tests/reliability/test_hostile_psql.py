@@ -27,6 +27,7 @@ import pytest
 import zstandard
 
 from tests.conftest import REPO, run_cli, wait_for, write_config
+from tests.e2e.test_daemon import children_of
 from tests.reliability.conftest import error_lines
 
 pytestmark = pytest.mark.slow
@@ -162,23 +163,15 @@ def test_commit_in_a_dry_run_reaches_no_database(made_backup, pg, tmp_path):
     assert _scratch_left(pg) == []
 
 
-def _children(pid: int, name: str) -> list[int]:
-    """Processes called `name` (a restore stream, not `--version`) whose parent is `pid`."""
+def _psql_streams(pid: int) -> list[int]:
+    """psql restore streams (not `--version`) whose parent is `pid`."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child, name in children_of(pid):
         try:
-            stat = (entry / "stat").read_text()
+            if name == "psql" and b"--single-transaction" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
         except OSError:
             continue
-        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        if comm == name and int(rest[1]) == pid:
-            try:
-                if b"--single-transaction" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
     return found
 
 
@@ -194,7 +187,7 @@ def test_pg_sleep_in_a_backup_is_bounded_by_restore_timeout(made_backup, pg, tmp
     process = subprocess.Popen([sys.executable, "-m", "backupd", "--config", str(config), "verify", "latest",
                                 "--restore-test"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
     try:
-        psql = wait_for(lambda: _children(process.pid, "psql"), 60, "psql to start")[0]
+        psql = wait_for(lambda: _psql_streams(process.pid), 60, "psql to start")[0]
         environ = Path(f"/proc/{psql}/environ").read_bytes().split(b"\0")
         names = {item.split(b"=", 1)[0].decode() for item in environ if item}
         assert "PATH" in names and "AWS_SECRET_ACCESS_KEY" not in names and "BACKUPD_SOURCE__DSN" not in names
