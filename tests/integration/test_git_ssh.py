@@ -152,7 +152,7 @@ def test_push_over_ssh_key_and_host_key_checked_secret_kept(tmp_path, source_dsn
                 if "ssh" in line and "backupd-ssh-" in line:
                     seen.append(line)
                 leaked.extend(line for secret in secrets if secret in line)
-            done.wait(0.005)  # a scan every few ms: an ssh process lives a second or more (the forced command)
+            done.wait(0.02)  # an ssh process lives a second or more here (the forced command sleeps 1 s)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
