@@ -314,6 +314,14 @@ class StateConfig(Section):
 
     dir: Path = Field(default=Path("/var/lib/backupd"), description="state directory")
     stale_after: Duration = Field(default=timedelta(hours=48), description="health turns stale after this")
+    metrics_file: Path | None = Field(
+        default=None, description="the Prometheus text file, mode 0640 (empty: <dir>/backupd.prom); put it in "
+                                  "a folder of the monitoring group (install.sh: /var/lib/backupd-metrics)")
+
+    @field_validator("metrics_file", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        return None if value == "" else value
 
 
 class Retention(Section):

@@ -411,7 +411,7 @@ class Daemon:
                 # a manual `backupd backup` may have written status.json meanwhile: never overwrite it
                 if _stat(store.status_path) == before:
                     store.save(status)
-            write_metrics(config.state.dir, config.state.stale_after, status)
+            write_metrics(config.state.dir, config.state.stale_after, status, config.state.metrics_file)
         except BackupdError as exc:
             log.error("status_update_failed", error=str(exc))
             return

@@ -1,7 +1,7 @@
 """Metrics and health for monitoring: a Prometheus text file, and an optional loopback HTTP endpoint.
 
-`<state.dir>/backupd.prom` is rendered from status.json and replaced atomically after every run
-(node_exporter's textfile collector reads it). With `[http] listen = "127.0.0.1:9468"` the daemon
+`<state.dir>/backupd.prom` (or `[state] metrics_file`) is rendered from status.json and replaced
+atomically after every run (node_exporter's textfile collector reads it). With `[http] listen = "127.0.0.1:9468"` the daemon
 also serves `/healthz` (200 when healthy, else 503), `/status` (status.json with health computed
 now), `/metrics` (the same text as the file) and `/` (the status page, backupd/statuspage.py).
 Every response carries the same security headers (`SECURITY_HEADERS`).
@@ -143,20 +143,23 @@ def render(status: dict[str, Any], stale_after: timedelta) -> str:
     return "\n".join(f.render() for f in families) + "\n"
 
 
-def write_metrics(state_dir: Path, stale_after: timedelta, status: dict[str, Any] | None = None) -> Path:
-    """Render (from `status`, else status.json) and replace `<state_dir>/backupd.prom` atomically.
+def write_metrics(state_dir: Path, stale_after: timedelta, status: dict[str, Any] | None = None,
+                  path: Path | None = None) -> Path:
+    """Render (from `status`, else status.json) and replace `path` (default
+    `<state_dir>/backupd.prom`) atomically; returns the path.
 
-    The file is world-readable (0644) so node_exporter, running as its own user, can read it once
-    it can reach the folder. Raises StorageFull when the state dir is not writable.
+    The file is 0640: readable by the group of its folder, where a setgid folder of a monitoring
+    group (install.sh: /var/lib/backupd-metrics, group backupd-metrics) lets node_exporter read it
+    without any access to the config or the state. Raises StorageFull when it cannot be written.
     """
     if status is None:
         status = StatusStore(state_dir).load()
-    path = state_dir / METRICS_NAME
+    path = path or state_dir / METRICS_NAME
     temp = path.with_name(f".{path.name}.tmp")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            os.fchmod(fd, 0o644)  # the process umask (077) would otherwise hide it from node_exporter
+            os.fchmod(fd, 0o640)  # the process umask (077) would otherwise hide it from the group
             write_all(fd, render(status, stale_after).encode())
             os.fsync(fd)
         finally:

@@ -17,6 +17,8 @@ import re
 import threading
 from collections.abc import Iterable
 
+import structlog
+
 MASK = "***"
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -80,3 +82,35 @@ def redact_obj(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [redact_obj(v) for v in value]
     return value
+
+
+# PostgreSQL messages that quote a row's values (restore errors): the values are withheld from
+# what leaves the terminal's debug log (history.jsonl, alerts, the audit row, the error line)
+WITHHELD = "(row data withheld)"
+_ROW_DATA = [
+    # Partition key of the failing row contains (region) = (zz).
+    (re.compile(r"(failing row contains \([^\n]{0,2000}?\) = )\([^\n]*", re.IGNORECASE), r"\1" + WITHHELD),
+    # Failing row contains (1, secret@example.com, ...).
+    (re.compile(r"(Failing row contains )\([^\n]*"), r"\1" + WITHHELD),
+    # Key (id)=(5) already exists. / is not present in table "t". / is still referenced ...
+    (re.compile(r"(Key \([^\n]{0,2000}?\))=\([^\n]*?\)( already exists| is not present in table| is still "
+                r"referenced from table| conflicts with (?:existing|another) key)"), r"\1=(…)\2"),
+    (re.compile(r"(Key \([^\n)]{0,2000}\))=\((?!…\) )[^\n]*"), r"\1=" + WITHHELD),
+    # CONTEXT:  COPY users, line 3, column email: "x@y"   /   COPY users, line 3: "1\tx@y\t..."
+    (re.compile(r"(COPY [^\n,]{1,300}, line \d+(?:, column [^\n:]{1,300})?): \"[^\n]*"), r"\1: " + WITHHELD),
+    # invalid input syntax for type uuid: "not-a-uuid"
+    (re.compile(r"(invalid input (?:syntax|value) for [^\n:]{1,200}): \"[^\n]*?\""), r"\1: " + WITHHELD),
+]
+
+
+def withhold_row_data(text: str, debug_event: str | None = None) -> str:
+    """`text` with the row values PostgreSQL quotes in its errors (`Failing row contains (...)`,
+    `Key (id)=(...) already exists`, COPY context lines, invalid input values) replaced by a
+    placeholder; column and constraint names stay. With `debug_event`, the full text is logged
+    under that name at debug level when something was withheld."""
+    withheld = text
+    for pattern, replacement in _ROW_DATA:
+        withheld = pattern.sub(replacement, withheld)
+    if debug_event and withheld != text:
+        structlog.get_logger("backupd.redact").debug(debug_event, error=redact(text))
+    return withheld

@@ -197,7 +197,8 @@ class Runner:
             from backupd.metrics import write_metrics
 
             try:  # the Prometheus text file follows every run; it never fails one
-                write_metrics(self.state_dir, self.config.state.stale_after, status)
+                write_metrics(self.state_dir, self.config.state.stale_after, status,
+                              self.config.state.metrics_file)
             except BackupdError as exc:
                 log.warning("metrics_write_failed", error=str(exc))
         self._audit(result)

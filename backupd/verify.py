@@ -50,7 +50,7 @@ from backupd.jsonreader import ExportReader
 from backupd.lines import bounded_lines
 from backupd.manifest import ArtifactEntry, Manifest, iso, now_utc
 from backupd.pipeline import Decryptor, open_decoded
-from backupd.redact import redact
+from backupd.redact import redact, withhold_row_data
 from backupd.scratch import ScratchServer, scratch_server
 from backupd.sources.json_export import table_checksum
 from backupd.status import StatusStore
@@ -515,9 +515,9 @@ def _restore_half(name: str, server: ScratchServer, database: str, restore: Call
         restored[name] = dsn
         log.info("restore_test_restored", seconds=round(half.seconds, 3))
     except CommandError as exc:
-        half.errors.append(f"psql failed: {exc}")
+        half.errors.append(withhold_row_data(f"psql failed: {exc}", debug_event="restore_test_row_data"))
     except BackupdError as exc:
-        half.errors.append(str(exc))
+        half.errors.append(withhold_row_data(str(exc), debug_event="restore_test_row_data"))
     finally:
         structlog.contextvars.unbind_contextvars("half")
     return half
@@ -638,7 +638,7 @@ def _write_metrics(config: Config, status: dict[str, Any]) -> None:
     except ImportError:
         return
     try:
-        write_metrics(config.state.dir, config.state.stale_after, status)
+        write_metrics(config.state.dir, config.state.stale_after, status, config.state.metrics_file)
     except BackupdError as exc:
         log.warning("metrics_write_failed", error=str(exc))
 

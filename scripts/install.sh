@@ -79,6 +79,11 @@ else
         --shell /usr/sbin/nologin --comment "backupd backup daemon" backupd
     say "created system user backupd"
 fi
+# the monitoring group: reads backupd.prom and nothing else (not the config, not the state)
+if [ -z "$DESTDIR" ] && ! getent group backupd-metrics >/dev/null 2>&1; then
+    groupadd --system backupd-metrics
+    say "created group backupd-metrics (add node_exporter's user to it)"
+fi
 owner() { # chown only for a real install
     if [ -z "$DESTDIR" ]; then chown "$@"; fi
 }
@@ -99,7 +104,10 @@ install -m 0644 "$REPO/config/backupd.example.toml" "$ETC/backupd.example.toml"
 if [ -e "$ETC/backupd.toml" ]; then
     say "kept the existing $ETC/backupd.toml"
 else
-    install -m 0640 "$REPO/config/backupd.example.toml" "$ETC/backupd.toml"
+    # a new config writes its metrics where the monitoring group can read them
+    sed 's|^# metrics_file = |metrics_file = |' "$REPO/config/backupd.example.toml" > "$ETC/backupd.toml.tmp"
+    install -m 0640 "$ETC/backupd.toml.tmp" "$ETC/backupd.toml"
+    rm -f "$ETC/backupd.toml.tmp"
     owner root:backupd "$ETC/backupd.toml"
     say "config $ETC/backupd.toml (from the example: edit it)"
 fi
@@ -111,9 +119,13 @@ for credential in dsn bot_token; do
     fi
 done
 
-# 5. where the default local destination writes
+# 5. where the default local destination writes; where the metrics file goes (setgid: the file
+# gets the group backupd-metrics, 0640)
 install -d -m 0700 "$DESTDIR/var/backups/backupd"
 owner backupd:backupd "$DESTDIR/var/backups/backupd"
+install -d -m 2750 "$DESTDIR/var/lib/backupd-metrics"
+owner backupd:backupd-metrics "$DESTDIR/var/lib/backupd-metrics"
+chmod 2750 "$DESTDIR/var/lib/backupd-metrics"
 
 if [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     systemctl daemon-reload

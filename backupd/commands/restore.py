@@ -120,6 +120,9 @@ def handle(args: argparse.Namespace) -> int:
     try:
         report = _restore(args, config, tables)
     except BackupdError as exc:
+        # rows of the backup quoted by PostgreSQL stay out of history, alerts, the audit row and
+        # the error line; the debug log keeps them
+        exc.message = redact.withhold_row_data(exc.message, debug_event="restore_failed_row_data")
         _finish(config, {**record, "outcome": "failed", "error": str(exc), "finished": iso(now_utc())})
         raise
     _print_summary(report)

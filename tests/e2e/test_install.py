@@ -34,8 +34,12 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path):
         text = (units / unit).read_text()
         assert f"ExecStart={prefix}/bin/backupd" in text and "/opt/backupd/" not in text
     config = root / "etc/backupd/backupd.toml"
-    assert config.read_text() == (REPO / "config/backupd.example.toml").read_text()
+    example = (REPO / "config/backupd.example.toml").read_text()
+    metrics_line = '# metrics_file = "/var/lib/backupd-metrics/backupd.prom"'
+    assert metrics_line in example and config.read_text() == example.replace(metrics_line, metrics_line[2:])
     assert config.stat().st_mode & 0o777 == 0o640
+    # the metrics folder: setgid, group backupd-metrics (set by chown on a real install) reads, nobody else
+    assert (root / "var/lib/backupd-metrics").stat().st_mode & 0o7777 == 0o2750
     assert (root / "etc/backupd/credentials").stat().st_mode & 0o777 == 0o700
     assert (root / "etc/backupd/credentials/dsn").read_bytes() == b""
     assert (root / "var/backups/backupd").is_dir()

@@ -508,3 +508,28 @@ def test_rows_changed_behind_a_remade_sha256_are_refused(make_config, pg, tmp_pa
     assert result.returncode == 1
     assert "users do not match the manifest's checksum" in _error_lines(result)[0]
     assert sum(rows for rows, _ in table_checksums(target).values()) == 0
+
+
+def test_restore_errors_keep_row_data_out_of_history_alerts_and_audit(make_config, source_dsn, pg, tmp_path):
+    """A JSON restore that fails on a row (a CHECK only the target has) names the table and the
+    constraint, but PostgreSQL's `Failing row contains (...)` values stay out of the error line,
+    history.jsonl (what the `restore` alert is made of) and the audit row; `-v` shows them in the
+    debug log."""
+    config = make_config(audit={"table": "logs"})
+    _backup(config, tmp_path / "backups")
+    color = "#5eed42"
+    pg.execute(source_dsn, "UPDATE labels SET color = %s", (color,))
+    _backup(config, tmp_path / "backups")
+    target = _schema_only_db(pg)
+    pg.execute(target, "ALTER TABLE labels ADD CONSTRAINT labels_not_seeded CHECK (color <> '#5eed42')")
+    result = _restore(config, "latest", "--target", target)
+    assert result.returncode == 1
+    error = _error_lines(result)[0]
+    assert "labels_not_seeded" in error and "row data withheld" in error and color not in result.stderr
+    history = [json.loads(line) for line in (tmp_path / "state" / "history.jsonl").read_text().splitlines()]
+    failed = [h for h in history if h["event"] == "restore"][-1]
+    assert failed["outcome"] == "failed" and "labels_not_seeded" in failed["error"] and color not in failed["error"]
+    audit = pg.execute(source_dsn, "SELECT message, context::text FROM logs WHERE event LIKE '%restore%'")
+    assert audit and all(color not in (message or "") + (context or "") for message, context in audit)
+    verbose = run_cli("--config", str(config), "-v", "restore", "latest", "--target", target)
+    assert verbose.returncode == 1 and color in verbose.stderr  # the debug log keeps them
