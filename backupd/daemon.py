@@ -11,9 +11,11 @@
   manifest, no success recorded); the process exits 0. SIGHUP: the config is read again; a valid
   one applies from the next run, an invalid one is logged and the old one stays.
 - sd_notify: READY=1 once the config is loaded, STATUS= (next run or current phase), WATCHDOG=1
-  from a thread (so a long backup is not mistaken for a hang), RELOADING=1/READY=1, STOPPING=1.
+  from a thread (so a long backup is not mistaken for a hang, up to `run_bound`; a drill up to
+  `drill_bound`: past those the pings stop), RELOADING=1/READY=1, STOPPING=1.
 - Once a minute: health (stale after `stale_after`) into status.json and the metrics file, and
-  the stale alert check.
+  the stale alert check (from the supervisor thread while a run keeps the main loop busy).
+- `[verify] schedule` drills run in a thread of their own: the schedule goes on meanwhile.
 """
 
 from __future__ import annotations
@@ -50,6 +52,19 @@ DAEMON_LOCK_NAME = "daemon.lock"
 TICK_SECONDS = 1.0  # longest sleep of the main loop: its heartbeat for the watchdog
 HOUSEKEEPING_SECONDS = 60.0  # stale check, status.json health, metrics
 STOP_DEADLINE_SECONDS = 9.0  # a stop that takes longer is forced (systemd's TimeoutStopSec is above)
+DRILL_STOP_SECONDS = 6.0  # what a running drill gets to clean up on stop (within the deadline above)
+
+
+def run_bound(config: Config) -> float:
+    """Seconds a backup run may last before the watchdog takes it for hung: `stale_after`
+    (a run that long cannot give a timely backup anyway, and the stale alert fires meanwhile)."""
+    return config.state.stale_after.total_seconds()
+
+
+def drill_bound(config: Config) -> float:
+    """Seconds a drill may last before the watchdog takes it for hung: four restore_timeouts (its
+    two psql restores are bounded by one each; the JSON half and the comparisons get the rest)."""
+    return 4 * config.verify.restore_timeout.total_seconds()
 COMMANDS_STOP_SECONDS = 5.0  # a reload waits this long for the old Telegram poller to end
 
 
@@ -139,6 +154,9 @@ class Daemon:
         self._backup_requested = threading.Event()  # /backup from Telegram, served by the main loop
         self._commands: list[Any] = []
         self._changes = ChangeWatcher()
+        self._run_started: float | None = None
+        self._drill_started: float | None = None
+        self._drill_thread: threading.Thread | None = None
 
     # -- signals (handlers only set flags; the one exception is Abandoned, raised once) ----------
 
@@ -207,6 +225,7 @@ class Daemon:
             self._announce_stop()
             return 0
         finally:
+            self._stop_drill()
             self._done.set()
             for commands in self._commands:
                 commands.stop()
@@ -250,9 +269,18 @@ class Daemon:
                     pass
 
     def _alive(self) -> bool:
-        """For the watchdog: the main loop turned recently, or a run keeps it busy."""
+        """For the watchdog: the main loop turned recently, or a run keeps it busy, but neither a
+        run nor a drill for longer than its bound (`run_bound`, `drill_bound`): a hung one stops
+        the pings, and systemd restarts the service."""
+        now = time.monotonic()
+        drill_started = self._drill_started
+        if drill_started is not None and now - drill_started > drill_bound(self.config):
+            return False
+        run_started = self._run_started
+        if self._in_run and run_started is not None:
+            return now - run_started <= run_bound(self.config)
         limit = max(10.0, 2 * (self.notifier.watchdog_usec or 0) / 1e6)
-        return self._in_run or time.monotonic() - self._heartbeat < limit
+        return time.monotonic() - self._heartbeat < limit
 
     def _announce_stop(self) -> None:
         """Log the stop and send STOPPING=1, once (from the supervisor or the main thread)."""
@@ -266,8 +294,13 @@ class Daemon:
     def _supervise(self) -> None:
         """A stop request seen from outside the main thread: STOPPING=1, children terminated at
         once, and a forced exit if the clean stop overruns its deadline."""
+        last_stale_check = time.monotonic()
         while not self._done.wait(0.1):
             if self._stop_signal is None:
+                if self._in_run and time.monotonic() - last_stale_check >= HOUSEKEEPING_SECONDS:
+                    # the main loop is inside a run: the stale alert must not wait for it to end
+                    last_stale_check = time.monotonic()
+                    self._check_stale(self.config, StatusStore(self.config.state.dir).load())
                 continue
             self._announce_stop()
             runner = self._runner
@@ -329,6 +362,7 @@ class Daemon:
         self.notifier.status(f"Backing up ({trigger}): waiting for the lock")
         try:
             self._in_run = True
+            self._run_started = time.monotonic()
             if self._stop_signal is not None:
                 raise Abandoned(f"stopped by {self._stop_signal}")
             result = runner.run(trigger=trigger, wait_for_lock=True,
@@ -343,31 +377,54 @@ class Daemon:
             log.exception("backup_job_crashed", trigger=trigger, error=f"{type(exc).__name__}: {exc}")
         finally:
             self._in_run = False
+            self._run_started = None
             self._runner = None
             self._phase = ""
             self._heartbeat = time.monotonic()
 
     def _drills(self, after_backup: bool) -> None:
         """`[verify] schedule`: restore drills of the newest backup at each destination, after a
-        backup or daily/weekly (see `backupd.verify.run_scheduled_drills`). Never raises."""
+        backup or daily/weekly (see `backupd.verify.run_scheduled_drills`), in a thread of their
+        own: the main loop keeps the schedule, the housekeeping and the watchdog meanwhile. One
+        drill at a time. Never raises."""
         if not self.config.verify.schedule or self._stop_signal is not None:
             return
-        from backupd.verify import drill_due, run_scheduled_drills
+        from backupd.verify import drill_due
 
+        thread = self._drill_thread
+        if thread is not None and thread.is_alive():
+            log.info("drill_skipped", reason="the previous drill is still running")
+            return
         if not drill_due(self.config, datetime.now(UTC), after_backup=after_backup):
             return
-        self._in_run = True
-        self._phase = "restore drill"
-        self.notifier.status("Restore drill: verify --restore-test")
+        self._drill_started = time.monotonic()
+        self._drill_thread = threading.Thread(target=self._drill, args=(self.config, after_backup), name="drill",
+                                              daemon=True)
+        self._drill_thread.start()
+
+    def _drill(self, config: Config, after_backup: bool) -> None:
+        from backupd.verify import run_scheduled_drills
+
+        log.info("drill_started", after_backup=after_backup)
         try:
-            run_scheduled_drills(self.config, after_backup=after_backup)
+            run_scheduled_drills(config, after_backup=after_backup)
         except Exception as exc:  # noqa: BLE001 - a drill's crash must not stop the daemon
             log.exception("drill_crashed", error=f"{type(exc).__name__}: {exc}")
         finally:
-            self._in_run = False
-            self._phase = ""
-            self._heartbeat = time.monotonic()
-            self.notifier.status(self._idle_status())
+            self._drill_started = None
+            log.info("drill_finished")
+
+    def _stop_drill(self) -> None:
+        """On stop: a drill still running has its children (psql) terminated and gets a few
+        seconds to drop its scratch databases and stop its throwaway server."""
+        thread = self._drill_thread
+        if thread is None or not thread.is_alive():
+            return
+        log.info("drill_stopping")
+        from backupd import proc
+
+        proc.terminate_all()
+        thread.join(DRILL_STOP_SECONDS)
 
     def _on_phase(self, phase: str) -> None:
         self._phase = phase

@@ -14,7 +14,8 @@ MAX_LINE_BYTES = 64 << 20
 
 def line_too_long(where: str) -> IntegrityError:
     """The error for a line over the cap in `where`."""
-    return IntegrityError(f"{where}: a line longer than {MAX_LINE_BYTES >> 20} MiB (backupd never writes one): "
+    # 64 MiB is MAX_LINE_BYTES, spelt out so that docs/troubleshooting.md can quote the message
+    return IntegrityError(f"{where}: a line longer than 64 MiB (backupd never writes one): "
                           "refused as damaged or forged")
 
 

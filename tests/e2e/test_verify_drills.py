@@ -4,7 +4,9 @@ systemd runs it, a real PostgreSQL, a local destination, a webhook receiver on l
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.e2e.test_daemon import DaemonProcess, wait_for
+from tests.e2e.test_daemon import DaemonProcess, notify, wait_for  # noqa: F401 - notify is a fixture
 
 
 class WebhookReceiver:
@@ -93,3 +95,61 @@ def test_drill_after_backup_in_daemon_passes_then_a_failing_drill_alerts(make_co
     finally:
         daemon.stop()
     assert "pw@" not in Path(tmp_path / "daemon2.log").read_text()
+
+
+class SilentServer:
+    """Stands in for a scratch server that accepts connections and never answers (a stalled
+    host): every connection is held open, unanswered, until close()."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+
+    def close(self) -> None:
+        self.sock.close()
+        for connection in self.held:
+            connection.close()
+
+
+@pytest.mark.slow
+def test_a_hung_drill_neither_blocks_the_schedule_nor_keeps_the_watchdog_fed(make_config, notify, tmp_path):
+    """A drill whose scratch server accepts and never answers hangs (until psycopg's 15 s connect
+    timeout): meanwhile the daemon keeps its schedule (`every = 2s`: more backups start during the
+    drill), and once the drill is older than four `restore_timeout`s (here 4 s) the WATCHDOG=1
+    pings stop; after the drill ends they resume."""
+    silent = SilentServer()
+    config = make_config(schedule={"every": "2s"},
+                         verify={"schedule": "after-backup", "restore_timeout": "1s",
+                                 "scratch_dsn": f"postgresql://drill:pw@127.0.0.1:{silent.port}/x"})
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", env={"NOTIFY_SOCKET": notify.address,
+                                                                   "WATCHDOG_USEC": "1000000"})
+    try:
+        daemon.wait_event("drill_started", 60)
+        drill_began = time.monotonic()
+        started_runs = len(daemon.events("backup_started"))
+        wait_for(lambda: len(daemon.events("backup_started")) >= started_runs + 2, 12,
+                 "two scheduled backups while the drill hangs")
+        daemon.wait_event("watchdog_ping_skipped", 10)
+        assert time.monotonic() - drill_began >= 3.5
+        assert not daemon.events("drill_finished")
+        daemon.wait_event("drill_finished", 30)
+        pings = len([f for f in notify.fields() if f == "WATCHDOG=1"])
+        wait_for(lambda: len([f for f in notify.fields() if f == "WATCHDOG=1"]) > pings, 10,
+                 "WATCHDOG=1 again after the drill")
+    finally:
+        daemon.stop()
+        silent.close()
+    assert "Traceback" not in daemon.log
