@@ -932,8 +932,17 @@ class JsonRestore:
                 if strategy == "merge":
                     condition += (" AND (EXCLUDED.updated_at > t.updated_at OR "
                                   "(t.updated_at IS NULL AND EXCLUDED.updated_at IS NOT NULL))")
-                statement = (f"WITH r AS ({insert}{conflict}DO UPDATE SET {assignments} WHERE {condition} "
-                             "RETURNING (xmax = 0) AS inserted) ")
+                if table.table.partitioned:
+                    # a partitioned table's rows have no xmax here: which keys existed before is
+                    # read in the same statement (every CTE sees the snapshot before the insert)
+                    keys = ", ".join(quote_ident(c) for c in pk)
+                    statement = (f"WITH existing AS (SELECT {keys} FROM {table.table.sql_name} "
+                                 f"WHERE ({keys}) IN (SELECT {keys} FROM {name})), "
+                                 f"r AS ({insert}{conflict}DO UPDATE SET {assignments} WHERE {condition} "
+                                 f"RETURNING ({keys}) NOT IN (SELECT {keys} FROM existing) AS inserted) ")
+                else:
+                    statement = (f"WITH r AS ({insert}{conflict}DO UPDATE SET {assignments} WHERE {condition} "
+                                 "RETURNING (xmax = 0) AS inserted) ")
         statement += "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM r"
         try:
             row = conn.execute(statement).fetchone()

@@ -57,6 +57,22 @@ def _plain(path: Path) -> bytes:
     return data
 
 
+def _restore_both_ways(pg: Any, config: Path, source_counts: dict[str, int]) -> tuple[str, str]:
+    """`restore latest --sql` into an empty database and the JSON restore (replace) into the
+    schema; both hold the source's row counts. Returns the two targets' DSNs."""
+    sql_target = pg.fresh_db("parts_sql", template=None)
+    restored = run_cli("--config", str(config), "-q", "restore", "latest", "--target", sql_target, "--sql")
+    assert restored.returncode == 0, restored.stderr
+    assert _counts(pg, sql_target) == source_counts
+    json_target = pg.fresh_db("parts_json", template=None)
+    pg.execute(json_target, _schema(email_required=False))
+    restored = run_cli("--config", str(config), "-q", "restore", "latest", "--target", json_target,
+                       "--strategy", "replace", "--yes")
+    assert restored.returncode == 0, restored.stderr
+    assert _counts(pg, json_target) == source_counts
+    return sql_target, json_target
+
+
 def test_excluded_columns_of_partitions_and_children_never_leave_and_rows_restore_once(make_config, pg, tmp_path):
     """A partitioned `users` (leaf `users_eu`) and an inheritance child `accounts_archive`, their
     parents' `email` excluded: no artifact (decompressed), no git commit holds an email; the
@@ -85,19 +101,38 @@ def test_excluded_columns_of_partitions_and_children_never_leave_and_rows_restor
                                                                       "accounts_archive": 5}
     source_counts = _counts(pg, source)
 
-    sql_target = pg.fresh_db("parts_sql", template=None)
-    restored = run_cli("--config", str(config), "-q", "restore", "latest", "--target", sql_target, "--sql")
-    assert restored.returncode == 0, restored.stderr
-    assert _counts(pg, sql_target) == source_counts
+    sql_target, json_target = _restore_both_ways(pg, config, source_counts)
     assert pg.execute(sql_target, "SELECT count(*) FROM users WHERE email IS NOT NULL")[0][0] == 0
-
-    json_target = pg.fresh_db("parts_json", template=None)
-    pg.execute(json_target, _schema(email_required=False))
-    restored = run_cli("--config", str(config), "-q", "restore", "latest", "--target", json_target,
-                       "--strategy", "replace", "--yes")
-    assert restored.returncode == 0, restored.stderr
-    assert _counts(pg, json_target) == source_counts
     # a second upsert of the same backup neither duplicates nor fails on keys
     again = run_cli("--config", str(config), "-q", "restore", "latest", "--target", json_target)
     assert again.returncode == 0, again.stderr
     assert _counts(pg, json_target) == source_counts
+
+
+def test_incrementals_and_restore_tests_of_partitioned_and_inherited_tables(make_config, pg, tmp_path):
+    """A full, then an incremental after inserts, updates and deletes in partitions and in the
+    inheritance child: the restore test of the full passes, and both restores of the incremental
+    (its chain) give the source's rows."""
+    source = _source(pg)
+    config = make_config(source={"dsn": source, "exclude_columns": {"users": ["email"]}},
+                         export={"incremental": True})
+    assert run_cli("--config", str(config), "-q", "backup", "--full").returncode == 0
+    drill = run_cli("--config", str(config), "verify", "latest", "--restore-test", timeout=600)
+    assert drill.returncode == 0, drill.stdout + drill.stderr
+    pg.execute(source, """
+        INSERT INTO users VALUES (100, 'eu', 'x@leak-check.example', 'new eu'), (101, 'us', 'y@leak-check.example', 'new us');
+        UPDATE users SET name = 'renamed' WHERE id = 3;
+        DELETE FROM users WHERE id = 6;
+        UPDATE accounts_archive SET plan = 'gone' WHERE id = 12;
+        DELETE FROM accounts WHERE id = 2;
+        INSERT INTO accounts_archive VALUES (20, 'z@leak-check.example', 'pro', '2021-01-01');
+    """)
+    result = run_cli("--config", str(config), "-q", "backup", "--incremental")
+    assert result.returncode == 0, result.stderr
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "backups").glob("*/manifest.json")]
+    assert sorted(m["kind"] for m in manifests) == ["full", "incremental"]
+    source_counts = _counts(pg, source)
+
+    for target in _restore_both_ways(pg, config, source_counts):
+        assert pg.execute(target, "SELECT name FROM users WHERE id = 3")[0][0] == "renamed"
+        assert pg.execute(target, "SELECT plan FROM accounts_archive WHERE id = 12")[0][0] == "gone"
