@@ -10,7 +10,7 @@
 #   BACKUPD_PIP_ARGS (env)         extra pip arguments (e.g. --no-index --find-links WHEELS)
 #
 # What it does: virtualenv in PREFIX with backupd installed; the `backupd` system user; the units
-# backupd.service and backupd@.service in /etc/systemd/system; /usr/local/bin/backupd (a symlink);
+# backupd.service, backupd@.service, backupd.timer + backupd-backup.service in /etc/systemd/system; /usr/local/bin/backupd (a symlink);
 # /etc/backupd/backupd.toml from the example unless a config is already there (never overwritten);
 # /etc/backupd/credentials/ for LoadCredential=; /var/backups/backupd for the default local
 # destination; then a check that the backupd user can run backupd with /home and /root hidden
@@ -90,7 +90,7 @@ owner() { # chown only for a real install
 
 # 3. the units, pointing at PREFIX
 install -d -m 0755 "$UNITS"
-for unit in backupd.service backupd@.service; do
+for unit in backupd.service backupd@.service backupd-backup.service backupd.timer; do
     sed "s#/opt/backupd/#$PREFIX/#g" "$REPO/systemd/$unit" > "$UNITS/$unit.tmp"
     chmod 0644 "$UNITS/$unit.tmp"
     mv "$UNITS/$unit.tmp" "$UNITS/$unit"

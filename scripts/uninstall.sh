@@ -30,9 +30,9 @@ systemd_running() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -
 
 if systemd_running; then
     # every instance too; a unit that is not loaded is not an error
-    systemctl disable --now backupd.service 'backupd@*.service' 2>/dev/null || true
+    systemctl disable --now backupd.service 'backupd@*.service' backupd.timer backupd-backup.service 2>/dev/null || true
 fi
-for unit in backupd.service backupd@.service; do
+for unit in backupd.service backupd@.service backupd-backup.service backupd.timer; do
     if [ -e "$UNITS/$unit" ]; then
         rm -f "$UNITS/$unit"
         say "removed $UNITS/$unit"

@@ -51,6 +51,20 @@ def test_unit_exposure_below_2(tmp_path, name):
     assert float(match.group(1)) < 2.0, result.stdout
 
 
+def test_timer_and_oneshot_verify_without_any_warning(tmp_path):
+    """backupd.timer + backupd-backup.service, the timer alternative to the daemon."""
+    backupd = Path(sys.executable).with_name("backupd")
+    for unit in ("backupd-backup.service", "backupd.timer"):
+        text = (REPO / "systemd" / unit).read_text()
+        (tmp_path / unit).write_text(text.replace("/opt/backupd/bin/backupd", str(backupd)))
+    result = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "backupd-backup.service"),
+                             str(tmp_path / "backupd.timer")], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    timer = (REPO / "systemd" / "backupd.timer").read_text()
+    assert "Persistent=true" in timer and "Unit=backupd-backup.service" in timer
+
+
 def test_units_carry_the_promised_settings():
     """The settings the issue promises, present in both units (verify only warns on typos)."""
     for source in UNITS:
