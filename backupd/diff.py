@@ -28,6 +28,7 @@ from backupd.destinations.base import Destination
 from backupd.errors import IntegrityError, NotFound, UsageError
 from backupd.jsonreader import ExportReader
 from backupd.manifest import Manifest
+from backupd import progress
 from backupd.pipeline import open_decoded
 
 log = structlog.get_logger("backupd.diff")
@@ -164,6 +165,7 @@ def sorted_tables(destination: Destination, manifest: Manifest, scratch: Path
     sorters: dict[str, _TableSorter] = {}
 
     def handler(table: str) -> _TableSorter:
+        progress.current().stage(f"reading {manifest.id}: {table}")
         entry = manifest.tables.get(table)
         sorter = _TableSorter(scratch, f"{manifest.id}.{len(sorters)}", entry.primary_key if entry else [])
         sorters[table] = sorter
@@ -341,8 +343,10 @@ def diff_backups(destination: Destination, id_a: str, id_b: str, only_table: str
         tables: dict[str, TableDiff] = {}
         for index, table in enumerate(names):
             entry = after.tables.get(table) or before.tables.get(table)
+            progress.current().stage(f"comparing {table}")
             tables[table] = compare_table(old_state.get(table), new_state.get(table),
                                           entry.primary_key if entry else [], root, str(index))
+            progress.current().done(table, entry.rows if entry else 0)
             for state in (old_state, new_state):
                 if table in state:
                     os.unlink(state[table])

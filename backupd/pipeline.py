@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 import zstandard
 
 from backupd.errors import IntegrityError, StorageFull
+from backupd import progress
 from backupd.manifest import ArtifactEntry
 
 Compression = Literal["zstd", "gzip", "none"]
@@ -172,6 +173,7 @@ class ArtifactWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Add plain bytes to the artifact."""
         self.plain_bytes += len(data)
+        progress.current().transferred(len(data))
         return self._head.write(data)
 
     def close(self) -> ArtifactEntry:
@@ -219,6 +221,7 @@ class VerifyingReader(io.RawIOBase):
             return 0
         self._sha.update(data)
         self._count += len(data)
+        progress.current().transferred(len(data))
         if self._count > self._entry.bytes:
             raise IntegrityError(
                 f"{self._where}: larger than the manifest says ({self._entry.bytes} bytes)"

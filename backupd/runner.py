@@ -34,6 +34,7 @@ from backupd.snapshot import Snapshot
 from backupd.sources import ArtifactSink, SourceReport
 from backupd.sources.json_export import JsonExportSource
 from backupd.sources.pg_dump import PgDumpSource
+from backupd import progress
 from backupd.status import StatusStore
 
 log = structlog.get_logger("backupd.run")
@@ -375,6 +376,7 @@ class Runner:
         """Every destination is tried; one failing never stops the others."""
         for destination, config in destinations:
             structlog.contextvars.bind_contextvars(destination=destination.name)
+            progress.current().stage(f"storing at {destination.name}")
             began = time.monotonic()
             try:
                 try:

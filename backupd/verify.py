@@ -53,6 +53,7 @@ from backupd.pipeline import Decryptor, open_decoded
 from backupd.redact import redact, withhold_row_data
 from backupd.scratch import ScratchServer, scratch_server
 from backupd.sources.json_export import table_checksum
+from backupd import progress
 from backupd.status import StatusStore
 
 log = structlog.get_logger("backupd.verify")
@@ -573,7 +574,9 @@ def verify_backup(config: Config, destination: Destination, manifest: Manifest, 
     try:
         log.info("verify_started", restore_test=restore_test)
         for entry in manifest.artifacts:
+            progress.current().stage(f"checking {entry.name}")
             check = check_artifact(destination, manifest, entry, decryptor)
+            progress.current().done(entry.name)
             report.artifacts.append(check)
             if check.ok:
                 log.info("artifact_verified", artifact=entry.name, detail=check.detail)
@@ -582,6 +585,7 @@ def verify_backup(config: Config, destination: Destination, manifest: Manifest, 
         if restore_test:
             if all(a.ok for a in report.artifacts):
                 try:
+                    progress.current().stage("restore test")
                     report.restore_test = run_restore_test(config, destination, manifest, decryptor)
                 except BackupdError as exc:
                     report.restore_test = RestoreTest(error=str(exc))

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from backupd import progress
 from backupd.commands.common import config_from, human_bytes
 from backupd.errors import Abandoned
 from backupd.log import emit
@@ -54,8 +55,10 @@ def handle(args: argparse.Namespace) -> int:
     from backupd.incremental import check_request
 
     check_request(config, args.kind)
-    with _abandon_on_signals():
-        result = Runner(config).run(trigger="manual", only=args.destination, kind=args.kind)
+    with _abandon_on_signals(), progress.on_terminal(args.log_format, "backing up") as shown:
+        phases = {"snapshot": "snapshot, exporting", "upload": "storing"}
+        result = Runner(config, on_phase=lambda phase: shown.stage(phases.get(phase, phase))).run(
+            trigger="manual", only=args.destination, kind=args.kind)
     if result.outcome == "failed":
         sys.stderr.write(f"backupd: error: backup {result.id} failed: {result.error}\n")
     else:

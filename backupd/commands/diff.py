@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from backupd import progress
 from backupd.commands.common import config_from, destination_from
 
 
@@ -26,8 +27,9 @@ def handle(args: argparse.Namespace) -> int:
 
     config = config_from(args)
     destination = destination_from(config, args.source)
-    result = diff_backups(destination, args.before, args.after, args.table, config.state.dir
-                          if config.state.dir.exists() else None)
+    with progress.on_terminal(args.log_format, "comparing"):
+        result = diff_backups(destination, args.before, args.after, args.table, config.state.dir
+                              if config.state.dir.exists() else None)
     out = sys.stdout
     try:
         if args.json:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+from backupd import progress
 from backupd.catalog import Table, discover
 from backupd.commands.common import config_from
 from backupd.errors import StorageFull, UsageError
@@ -44,6 +45,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 class _StdoutSink:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         sys.stdout.buffer.write(data)
+        progress.current().transferred(len(data))
         return len(data)
 
     def close(self) -> None:
@@ -63,6 +65,7 @@ class _FileSink:
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         try:
+            progress.current().transferred(len(data))
             return self._file.write(data)
         except OSError as exc:
             self.abort()
@@ -118,12 +121,13 @@ def handle(args: argparse.Namespace) -> int:
         tables = select_tables(discover(snapshot.conn, source.schemas, source.include_tables,
                                         source.exclude_tables, source.exclude_columns), args.include)
         where = {t.key: since_condition(since) for t in tables if since and t.has_updated_at}
-        if args.format == "json":
-            counts = _export_json(snapshot, tables, where, since, args)
-        elif args.format == "csv":
-            counts = _export_csv(snapshot, tables, where, args)
-        else:
-            counts = _export_sqlite(snapshot, tables, where, args)
+        with progress.on_terminal(args.log_format, f"exporting ({args.format})", total=len(tables)):
+            if args.format == "json":
+                counts = _export_json(snapshot, tables, where, since, args)
+            elif args.format == "csv":
+                counts = _export_csv(snapshot, tables, where, args)
+            else:
+                counts = _export_sqlite(snapshot, tables, where, args)
     target = "stdout" if args.output == "-" else args.output
     sys.stderr.write(f"exported {len(counts)} tables, {sum(counts.values())} rows ({args.format}) to {target}\n")
     return 0
@@ -145,7 +149,9 @@ def _export_json(snapshot: Snapshot, tables: list[Table], where: dict[str, str],
         document = JsonDocumentWriter(out, [t.key for t in tables], snapshot.info.taken_at,
                                       incremental=since is not None, since=iso(since) if since else None)
         for table in tables:
+            progress.current().stage(f"exporting {table.key}")
             document.table(table.key, copy_json_lines(snapshot.conn, table, where.get(table.key, "")))
+            progress.current().done(table.key, document.counts.get(table.key, 0))
         document.finish()
         out.close()
     except BaseException:
@@ -169,8 +175,10 @@ def _export_csv(snapshot: Snapshot, tables: list[Table], where: dict[str, str],
             file_sink = _FileSink(folder / f"{table.key}.csv{SUFFIX[args.compress]}")
             out = _compressed(file_sink, args.compress)
             try:
+                progress.current().stage(f"exporting {table.key}")
                 counts[table.key] = copy_csv(snapshot.conn, table, out, where.get(table.key, ""))
                 out.close()
+                progress.current().done(table.key, counts[table.key])
             except BaseException:
                 file_sink.abort()
                 raise
@@ -182,7 +190,9 @@ def _export_csv(snapshot: Snapshot, tables: list[Table], where: dict[str, str],
         for table in tables:
             path = Path(scratch) / f"{table.key}.csv"
             spool = _FileSink(path)
+            progress.current().stage(f"exporting {table.key}")
             counts[table.key] = copy_csv(snapshot.conn, table, spool, where.get(table.key, ""))
+            progress.current().done(table.key, counts[table.key])
             spool.close()
             info = archive.gettarinfo(str(path), arcname=path.name)
             info.uid = info.gid = 0
@@ -214,7 +224,10 @@ def _export_sqlite(snapshot: Snapshot, tables: list[Table], where: dict[str, str
     scratch_parent = None if args.output == "-" else Path(args.output).resolve().parent
     with tempfile.TemporaryDirectory(prefix=".backupd-sqlite-", dir=scratch_parent) as scratch:
         path = Path(scratch) / "export.sqlite"
+        progress.current().stage("exporting into SQLite")
         counts = write_sqlite(snapshot.conn, tables, path, where)
+        for table, rows in counts.items():
+            progress.current().done(table, rows)
         out, file_sink = _open_output(args)
         try:
             with open(path, "rb") as data:

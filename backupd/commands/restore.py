@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from psycopg.conninfo import conninfo_to_dict
 
-from backupd import redact
+from backupd import progress, redact
 from backupd.errors import BackupdError, UsageError
 from backupd.manifest import is_backup_id, iso, now_utc
 
@@ -132,17 +132,10 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace, config: Any, tables: list[str] | None) -> Any:
-    from backupd.restore import (
-        JsonRestore,
-        backup_chain,
-        backup_inputs,
-        file_input,
-        find_backup,
-        make_decryptor,
-    )
+    from backupd.restore import JsonRestore, backup_chain, backup_inputs, file_input, find_backup, make_decryptor
 
-    progress = _progress()
-    try:
+    with progress.on_terminal(args.log_format, "restoring") as reporter:
+        shown = _RestoreProgress(reporter)
         if config is not None and (args.backup == "latest" or is_backup_id(args.backup)):
             from backupd.commands.common import destination_from
 
@@ -167,57 +160,43 @@ def _restore(args: argparse.Namespace, config: Any, tables: list[str] | None) ->
             inputs = [file_input(Path(args.backup))]
             label = str(args.backup)
         return JsonRestore(args.target, inputs, strategy=args.strategy, tables=tables, dry_run=args.dry_run,
-                           progress=progress, source_label=label).run()
-    finally:
-        close = getattr(progress, "close", None)
-        if close:
-            close()
+                           progress=shown, source_label=label).run()
 
 
-def _progress() -> Any:
-    from backupd.restore import QuietProgress
+class _RestoreProgress:
+    """Relays JsonRestore's callbacks to the terminal display (a line per table read and per table
+    restored, the live line says which table); off a terminal, only the `table_restored` log event."""
 
-    if not sys.stderr.isatty():
-        return QuietProgress()
-    return _TerminalProgress()
+    def __init__(self, shown: progress.Reporter) -> None:
+        from backupd.restore import QuietProgress
 
-
-class _TerminalProgress:
-    """One live line (the table being read, its rows so far), then a line per table read and per
-    table restored (rich, only on a terminal)."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self.console = Console(stderr=True)
-        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                            console=self.console, transient=True)
-        self.bar.start()
-        self.task = self.bar.add_task("verifying and reading the backup")
+        self.shown = shown
+        self.quiet = QuietProgress()
+        self.on_terminal = isinstance(shown, progress.TerminalReporter)
         self.current: str | None = None
         self.rows: dict[str, int] = {}
 
     def _close_current(self) -> None:
         if self.current is not None:
-            self.console.print(f"read {self.current}: {self.rows[self.current]} rows")
+            self.shown.note(f"read {self.current}: {self.rows[self.current]} rows")
             self.current = None
 
     def staged(self, table: str, rows: int) -> None:
         if table != self.current:
             self._close_current()
             self.current = table
+            self.shown.stage(f"reading {table}")
         self.rows[table] = self.rows.get(table, 0) + rows
-        self.bar.update(self.task, description=f"reading {table}: {self.rows[table]} rows")
 
     def applied(self, table: str, counts: Any) -> None:
         self._close_current()
-        self.bar.update(self.task, description="restoring")
-        self.console.print(f"restored {table}: {counts.inserted} inserted, {counts.updated} updated, "
-                           f"{counts.deleted} deleted, {counts.unchanged} unchanged")
-
-    def close(self) -> None:
-        self.bar.stop()
+        if not self.on_terminal:
+            self.quiet.applied(table, counts)
+            return
+        self.shown.stage("restoring")
+        self.shown.done(table, self.rows.get(table, 0))
+        self.shown.note(f"restored {table}: {counts.inserted} inserted, {counts.updated} updated, "
+                        f"{counts.deleted} deleted, {counts.unchanged} unchanged")
 
 
 def _print_summary(report: Any) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from backupd import progress
 from backupd.commands.common import config_from, destination_from, human_bytes, print_json
 
 
@@ -48,7 +49,9 @@ def handle(args: argparse.Namespace) -> int:
     if not args.json:
         sys.stdout.write(f"verifying backup {manifest.id} ({manifest.kind}) at {destination.name}\n")
         sys.stdout.flush()
-    report = verify_backup(config, destination, manifest, restore_test=args.restore_test, decryptor=decryptor)
+    with progress.on_terminal(args.log_format, f"verifying {manifest.id}", unit="artifacts",
+                              total=len(manifest.artifacts)):
+        report = verify_backup(config, destination, manifest, restore_test=args.restore_test, decryptor=decryptor)
     record_result(config, report)
     from backupd import audit
 

@@ -24,6 +24,7 @@ from backupd.db import one_line
 from backupd.errors import SourceError
 from backupd.manifest import TableEntry, iso
 from backupd.snapshot import Snapshot
+from backupd import progress
 from backupd.sources import ArtifactSink, SourceReport
 
 log = structlog.get_logger("backupd.export")
@@ -174,12 +175,14 @@ class JsonExportSource:
                         c.add_lines(lines)
                         yield lines
 
+                progress.current().stage(f"exporting {table.key}")
                 document.table(table.key, counted(copy_json_lines(snapshot.conn, table)))
                 report.tables[table.key] = TableEntry(
                     rows=checksum.rows, checksum=checksum.hexdigest, columns=table.columns,
                     primary_key=table.primary_key, has_updated_at=table.has_updated_at,
                 )
                 log.info("table_exported", table=table.key, rows=checksum.rows)
+                progress.current().done(table.key, checksum.rows)
             document.finish()
         except BaseException:
             writer.abort()

@@ -34,6 +34,7 @@ from backupd.incremental import (
 from backupd.manifest import TableEntry
 from backupd.snapshot import Snapshot
 from backupd.sources import ArtifactSink, SourceReport
+from backupd import progress
 from backupd.sources.json_export import JsonDocumentWriter, copy_json_lines, copy_lines
 
 log = structlog.get_logger("backupd.export")
@@ -69,6 +70,7 @@ class TrackedJsonExportSource:
                             c.add_lines(lines)
                             yield lines
 
+                    progress.current().stage(f"exporting {table.key}")
                     rows = self._table_rows(snapshot.conn, table, Path(scratch), deleted)
                     document.table(table.key, counted(rows))
                     report.tables[table.key] = TableEntry(
@@ -77,6 +79,7 @@ class TrackedJsonExportSource:
                     )
                     log.info("table_exported", table=table.key, rows=checksum.rows, kind=self.plan.kind,
                              deleted=_count_lines(deleted.get(table.key)))
+                    progress.current().done(table.key, checksum.rows)
                 document.finish_deleted({key: path for key, path in deleted.items()})
             except BaseException:
                 writer.abort()
