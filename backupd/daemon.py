@@ -425,6 +425,10 @@ class Daemon:
 
         proc.terminate_all()
         thread.join(DRILL_STOP_SECONDS)
+        if thread.is_alive():
+            from backupd.localpg import stop_all
+
+            stop_all()  # never leave a throwaway server behind
 
     def _on_phase(self, phase: str) -> None:
         self._phase = phase

@@ -111,6 +111,7 @@ class LocalPostgres:
                                 str(self.base_dir / "server.log"), "-w", "-t", "60", "-o", options, "start"]),
                  timeout=90)
         self.running = True
+        _running.add(self)
         return self
 
     def dsn(self, dbname: str = "postgres", user: str | None = None, password: str | None = None) -> str:
@@ -138,6 +139,7 @@ class LocalPostgres:
                                         "-w", "stop"]), timeout=60)
             finally:
                 self.running = False
+                _running.discard(self)
         if not self.keep:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
@@ -147,6 +149,19 @@ class LocalPostgres:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+_running: set[LocalPostgres] = set()
+
+
+def stop_all() -> None:
+    """Stop every server this process started that still runs (a daemon stopping while a drill's
+    throwaway server is up). Errors are swallowed: this runs on the way out."""
+    for server in list(_running):
+        try:
+            server.stop()
+        except BackupdError:
+            pass
 
 
 def _check_reachable(folder: Path, user: pwd.struct_passwd) -> None:
