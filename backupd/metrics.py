@@ -244,7 +244,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._reply(200, "text/plain; version=0.0.4; charset=utf-8", render(status, stale_after).encode())
         elif path == "/" and self.page is not None:
-            self._reply(200, "text/html; charset=utf-8", self.page().encode())
+            try:
+                page = self.page()
+            except Exception as exc:  # noqa: BLE001 - a damaged state file must not kill the endpoint
+                log.error("status_page_failed", error=f"{type(exc).__name__}: {exc}")
+                self._reply(500, "text/plain", b"the status page could not be rendered: see the log; "
+                                               b"/status and /metrics still answer\n")
+                return
+            self._reply(200, "text/html; charset=utf-8", page.encode())
         else:
             self._reply(404, "text/plain", b"not found: try /, /healthz, /status or /metrics\n")
 

@@ -8,6 +8,7 @@ colour schemes apply. Screenshots go to tmp_path; with BACKUPD_SCREENSHOTS=1 int
 from __future__ import annotations
 
 import base64
+import http.client
 import os
 import shutil
 import urllib.request
@@ -88,6 +89,12 @@ def test_status_page_in_headless_chromium(make_config, pg, source_dsn, tmp_path)
                      "Cache-Control"):
             assert headers[name] and headers[name] == json_headers[name], name
         assert "<script" not in html and "&lt;script&gt;" in html
+        # the page goes through the listener's Host check like every other route
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/", headers={"Host": "rebound.example:80"})
+        refused = connection.getresponse()
+        assert refused.status == 421 and b"backupd" not in refused.read()
+        connection.close()
 
         driver = _browser()
         driver.get(f"http://127.0.0.1:{port}/")
