@@ -36,7 +36,7 @@ def _public_key(tmp_path: Path) -> Path:
     return public
 
 
-# backupd.prom (metrics, no secret) is made 0644 on purpose for node_exporter's textfile collector
+# backupd.prom (metrics, no secret) is 0640 on purpose: the group of its folder (backupd-metrics) reads it
 INTENTIONALLY_READABLE = {"backupd.prom"}
 
 

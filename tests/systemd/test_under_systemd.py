@@ -132,7 +132,7 @@ def test_install_start_ready_credentials_and_a_scheduled_backup(machine, source)
 
     modes = box.sh("stat -c '%a %U %n' /var/lib/backupd /var/lib/backupd/status.json /var/lib/backupd/backupd.prom "
                    "/var/backups/backupd /var/backups/backupd/*/ /var/backups/backupd/*/manifest.json").stdout
-    expect = {"/var/lib/backupd": "750", "/var/lib/backupd/status.json": "600", "/var/lib/backupd/backupd.prom": "644",
+    expect = {"/var/lib/backupd": "750", "/var/lib/backupd/status.json": "600", "/var/lib/backupd/backupd.prom": "640",
               "/var/backups/backupd": "700", "manifest.json": "600"}
     for line in modes.splitlines():
         mode, owner, name = line.split(" ", 2)
