@@ -64,6 +64,14 @@ def test_timer_and_oneshot_verify_without_any_warning(tmp_path):
     timer = (REPO / "systemd" / "backupd.timer").read_text()
     assert "Persistent=true" in timer and "Unit=backupd-backup.service" in timer
 
+    def sandbox(unit: str) -> list[str]:
+        text = (REPO / "systemd" / unit).read_text()
+        end = text.find("[Install]")
+        return [line for line in text[text.index("User=backupd"):end if end > 0 else None].strip().splitlines()
+                if not line.startswith(("#", "SyslogIdentifier="))]
+    # the oneshot runs with exactly the daemon's user, state, credentials and hardening
+    assert sandbox("backupd-backup.service") == sandbox("backupd.service")
+
 
 def test_units_carry_the_promised_settings():
     """The settings the issue promises, present in both units (verify only warns on typos)."""
