@@ -604,6 +604,24 @@ class AuditConfig(Section):
     table: str = Field(default="", description="table receiving one row per operation (empty: off)")
 
 
+class SecurityConfig(Section):
+    """[security]: the key manifests are signed and checked with."""
+
+    secret_keys: ClassVar[tuple[str, ...]] = ("signing_key",)
+    signing_key: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key signing every manifest: 32 random bytes as 64 hex digits "
+                                  "(`backupd keygen FILE`); empty: manifests are unsigned and not checked")
+
+    @field_validator("signing_key")
+    @classmethod
+    def _hex_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", value.get_secret_value().strip()):
+            raise ValueError("expected 64 hex digits (32 random bytes): make one with `backupd keygen FILE`")
+        return SecretStr(value.get_secret_value().strip().lower())
+
+
 class Config(Section):
     """The whole configuration file."""
 
@@ -618,6 +636,7 @@ class Config(Section):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from backupd.jsonreader import ExportReader
 from backupd.manifest import Manifest
 from backupd import progress
 from backupd.pipeline import open_decoded
+from backupd.signing import TrustedDestination, resolve
 
 log = structlog.get_logger("backupd.diff")
 RUN_BYTES = 24 << 20
@@ -185,18 +186,6 @@ def sorted_tables(destination: Destination, manifest: Manifest, scratch: Path
 # -- resolving an id to a state ------------------------------------------------------------------
 
 
-def resolve(manifests: list[Manifest], wanted: str) -> Manifest:
-    """The backup `wanted` (an id or `latest`) among the listed ones; raises NotFound."""
-    if not manifests:
-        raise NotFound("no backups at this destination")
-    if wanted == "latest":
-        return manifests[-1]
-    for manifest in manifests:
-        if manifest.id == wanted:
-            return manifest
-    raise NotFound(f"no backup {wanted} at this destination", "see `backupd list`")
-
-
 def chain_of(manifests: list[Manifest], target: Manifest) -> list[Manifest]:
     """The full `target` builds on and every incremental of its chain up to `target`, in order."""
     if target.kind == "full":
@@ -319,13 +308,16 @@ class BackupDiff:
         self.scratch.cleanup()
 
 
-def diff_backups(destination: Destination, id_a: str, id_b: str, only_table: str | None = None,
+def diff_backups(destination: TrustedDestination, id_a: str, id_b: str, only_table: str | None = None,
                  scratch_dir: Path | None = None) -> BackupDiff:
-    """Compare backup `id_a` (before) with `id_b` (after) at `destination`.
-    Raises NotFound (no such backup), IntegrityError (unreadable), UsageError (unknown table)."""
+    """Compare backup `id_a` (before) with `id_b` (after) at `destination`, every backup of both
+    chains checked first (signature). Raises NotFound (no such backup), IntegrityError (unreadable,
+    signature), UsageError (unknown table)."""
+    before = resolve(destination, id_a)
+    after = resolve(destination, id_b)
     manifests = destination.backups()
-    before = resolve(manifests, id_a)
-    after = resolve(manifests, id_b)
+    for member in [*chain_of(manifests, before), *chain_of(manifests, after)]:
+        destination.check(member)
     if only_table and only_table not in before.tables and only_table not in after.tables:
         raise UsageError(f"--table {only_table}: neither backup has that table")
     scratch = tempfile.TemporaryDirectory(prefix="backupd-diff-", dir=scratch_dir)

@@ -48,6 +48,7 @@ from backupd.db import connect, one_line, quote_ident
 from backupd.destinations.base import Destination
 from backupd.errors import BackupdError, UsageError
 from backupd.manifest import Manifest, id_time, iso
+from backupd.signing import key_of, own_backups
 from backupd.status import parse_time
 
 log = structlog.get_logger("backupd.incremental")
@@ -240,7 +241,7 @@ def plan_backup(config: Config, requested: str | None, destinations: list[Destin
     if not (export.enabled and export.incremental):
         return BackupPlan("full", reason="incrementals are off")
     keys = KeyStore(config.state.dir)
-    previous = _previous_backup(destinations)
+    previous = _previous_backup(destinations, key_of(config), now)
     keys.keep_only({previous.id} if previous else set())
     full = BackupPlan("full", track_keys=True)
     if requested == "full":
@@ -263,11 +264,12 @@ def _with_reason(plan: BackupPlan, reason: str) -> BackupPlan:
     return BackupPlan(plan.kind, plan.track_keys, plan.base, plan.previous, plan.since, plan.horizon, reason)
 
 
-def _previous_backup(destinations: list[Destination]) -> Manifest | None:
+def _previous_backup(destinations: list[Destination], key: bytes | None, now: datetime) -> Manifest | None:
+    # an incremental builds only on this host's own backups: never a planted or future one
     if not destinations:
         return None
     try:
-        listings = [destination.backups() for destination in destinations]
+        listings = [own_backups(destination.backups(), key, now)[0] for destination in destinations]
     except BackupdError as exc:
         log.warning("previous_backup_unknown", error=str(exc))
         return None

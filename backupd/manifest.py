@@ -2,16 +2,22 @@
 
 A folder is a backup only when its manifest.json exists and parses: `Manifest.parse` refuses an
 unknown format version, a malformed document, and artifact names that would escape the folder.
+
+Signatures (backupd.signing) cover the manifest's *canonical bytes*: the stored JSON object without
+its `signature` key, serialised with sorted keys, compact separators (`,` and `:`), non-ASCII kept
+as UTF-8. A parsed manifest keeps the canonical bytes of what was stored (unknown keys included),
+so a field a later release adds is covered too and a check never depends on this release's model.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from backupd.errors import IntegrityError
 
@@ -103,6 +109,22 @@ class Manifest(_Frozen):
     table_order: list[str] = []
     artifacts: list[ArtifactEntry] = []
     encryption_recipients: list[str] = []
+    signature: str | None = Field(default=None, description="hmac-sha256:<hex> over the canonical bytes")
+    # canonical bytes of the document as stored (set by `parse`; None for one built in memory)
+    _stored_canonical: bytes | None = PrivateAttr(default=None)
+
+    def canonical_bytes(self) -> bytes:
+        """The bytes a signature covers: the stored document when parsed, else this model's."""
+        if self._stored_canonical is not None:
+            return self._stored_canonical
+        return canonical_json(self.model_dump(mode="json"))
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Manifest:
+        """A copy; an updated copy is no longer what was stored, so it loses the stored bytes."""
+        copy = super().model_copy(update=update, deep=deep)
+        if update:
+            copy._stored_canonical = None
+        return copy
 
     def artifact(self, name: str) -> ArtifactEntry:
         """The entry for artifact `name`; raises IntegrityError when the manifest has none."""
@@ -149,11 +171,20 @@ class Manifest(_Frozen):
                 "upgrade backupd to restore this backup",
             )
         try:
-            return cls.model_validate(raw)
+            manifest = cls.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors(include_input=False, include_url=False)[0]
             location = ".".join(str(p) for p in first["loc"])
             raise IntegrityError(f"{where} is malformed: {location}: {first['msg']}") from None
+        manifest._stored_canonical = canonical_json(raw)
+        return manifest
+
+
+def canonical_json(document: dict[str, Any]) -> bytes:
+    """The canonical bytes of a manifest document (its `signature` key left out): sorted keys,
+    compact separators, UTF-8."""
+    unsigned = {k: v for k, v in document.items() if k != "signature"}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def now_utc() -> datetime:

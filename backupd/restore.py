@@ -159,23 +159,6 @@ class ExportInput:
 # -- where the exports come from ------------------------------------------------------------------
 
 
-def find_backup(destination: Destination, requested: str) -> Manifest:
-    """The manifest of `requested` (an id or `latest`); refuses an incomplete or unknown backup."""
-    if requested == "latest":
-        backups = destination.backups()
-        if not backups:
-            raise RestoreError(f"no complete backup at {destination.name}")
-        return backups[-1]
-    try:
-        return destination.manifest(requested)
-    except NotFound:
-        raise RestoreError(
-            f"backup {requested} not found at {destination.name} (no manifest.json: "
-            "an incomplete backup is never restored)",
-            f"`backupd list --from {destination.name}` shows the complete ones",
-        ) from None
-
-
 def backup_chain(destination: Destination, manifest: Manifest) -> list[Manifest]:
     """The full, then every incremental up to `manifest`, in restore order."""
     if manifest.kind == "full":

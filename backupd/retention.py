@@ -9,6 +9,10 @@ backup is itself kept or let go by the rules over all backups. So no burst of `/
 backup the schedule alone would keep, and in particular never the newest verified backup (the
 newest that passed `backupd verify` at this destination) nor any backup younger than it; the
 newest verified backup is never deleted at all.
+
+Backups with an id more than a day in the future, and (with a signing key) backups whose
+signature does not verify, are neither counted nor pruned (backupd.signing.counted_for_retention):
+a planted `20991231T235959Z` can push nothing out and is never "the newest".
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import structlog
 
 from backupd.config import Retention
 from backupd.manifest import Manifest, id_time
+from backupd.signing import counted_for_retention
 from backupd.status import StatusStore
 
 if TYPE_CHECKING:
@@ -137,12 +142,13 @@ def refs(manifests: Sequence[Manifest], commanded: Collection[str] = (),
 
 
 def apply_retention(dest: Destination, policy: Retention, now: datetime, dry_run: bool = False,
-                    state_dir: Path | None = None, commanded: Collection[str] = ()
-                    ) -> tuple[dict[str, list[str]], list[str]]:
+                    state_dir: Path | None = None, commanded: Collection[str] = (),
+                    key: bytes | None = None) -> tuple[dict[str, list[str]], list[str]]:
     """Remove what `policy` lets go at `dest`; returns (kept with reasons, removed ids). With
     `state_dir`, its history (command-made backups) and verify.json (verified ones) count;
-    `commanded` names more command-made ids (the run still in progress)."""
-    manifests = dest.backups()
+    `commanded` names more command-made ids (the run still in progress). Only the backups it may
+    count are considered: none in the future, and with `key` only those whose signature verifies."""
+    manifests = counted_for_retention(dest.backups(), key, now, dest.name)
     verified: set[str] = set()
     commanded = set(commanded)
     if state_dir is not None:

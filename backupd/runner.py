@@ -30,6 +30,7 @@ from backupd.errors import Abandoned, BackupdError, DestinationError
 from backupd.manifest import Manifest, TableEntry, backup_id, iso, now_utc
 from backupd.notify.dispatch import dispatch_run, run_started
 from backupd.redact import redact
+from backupd.signing import key_of
 from backupd.snapshot import Snapshot
 from backupd.sources import ArtifactSink, SourceReport
 from backupd.sources.json_export import JsonExportSource
@@ -150,7 +151,7 @@ class Runner:
             result.manifest = self._produce(identifier, started, staging)
             result.kind = result.manifest.kind
             self.on_phase("upload")
-            self._fan_out(StagedBackup(staging, result.manifest), destinations, result)
+            self._fan_out(StagedBackup(staging, result.manifest, key_of(self.config)), destinations, result)
             stored = [name for name, r in result.destinations.items() if r["ok"]]
             result.outcome = "success" if len(stored) == len(destinations) else "partial" if stored else "failed"
             if not stored:
@@ -435,6 +436,7 @@ class Runner:
         commanded = [result.id] if result.trigger in COMMAND_TRIGGERS else []
         try:
             apply_retention(destination, config.retention, now_utc(), dry_run=False,
-                            state_dir=self.config.state.dir, commanded=commanded)
+                            state_dir=self.config.state.dir, commanded=commanded,
+                            key=key_of(self.config))
         except BackupdError as exc:
             log.error("retention_failed", error=str(exc))

@@ -49,6 +49,7 @@ from backupd.errors import BackupdError, CommandError, NotFound, SourceError
 from backupd.jsonreader import ExportReader
 from backupd.lines import bounded_lines
 from backupd.manifest import ArtifactEntry, Manifest, iso, now_utc
+from backupd.signing import Trust, TrustedDestination, resolve
 from backupd.pipeline import Decryptor, open_decoded
 from backupd.redact import redact, withhold_row_data
 from backupd.scratch import ScratchServer, scratch_server
@@ -206,20 +207,6 @@ class VerifyReport:
 
 
 # -- finding the backup -----------------------------------------------------------------------------
-
-
-def resolve_backup(destination: Destination, identifier: str) -> Manifest:
-    """The manifest of backup `identifier` (or `latest`) at `destination`; raises NotFound."""
-    if identifier == "latest":
-        backups = destination.backups()
-        if not backups:
-            raise NotFound(f"no backups at {destination.name}")
-        return backups[-1]
-    try:
-        return destination.manifest(identifier)
-    except NotFound:
-        raise NotFound(f"backup {identifier} not found at {destination.name}",
-                       f"`backupd list --from {destination.name}` shows what is there") from None
 
 
 def _table_key(schema: str, name: str) -> str:
@@ -689,9 +676,9 @@ def drill_due(config: Config, now: datetime, *, after_backup: bool = False) -> b
 def run_drill(config: Config, destination_config: DestinationConfig, *, trigger: str = "schedule",
               decryptor: Decryptor | None = None) -> VerifyReport | None:
     """`verify latest --restore-test` at one destination, recorded. None when it holds no backup."""
-    destination = build(destination_config)
+    destination = TrustedDestination(build(destination_config), Trust.of(config))
     try:
-        manifest = resolve_backup(destination, "latest")
+        manifest = resolve(destination, "latest")
     except NotFound:
         log.info("drill_skipped", destination=destination.name, reason="no backups")
         return None

@@ -12,7 +12,8 @@
 # What it does: virtualenv in PREFIX with backupd installed; the `backupd` system user; the units
 # backupd.service, backupd@.service, backupd.timer + backupd-backup.service in /etc/systemd/system; /usr/local/bin/backupd (a symlink);
 # /etc/backupd/backupd.toml from the example unless a config is already there (never overwritten);
-# /etc/backupd/credentials/ for LoadCredential=; /var/backups/backupd for the default local
+# /etc/backupd/credentials/ for LoadCredential= (with a fresh signing_key unless one is there);
+# /var/backups/backupd for the default local
 # destination; then a check that the backupd user can run backupd with /home and /root hidden
 # as the unit hides them. Idempotent.
 set -eu
@@ -118,6 +119,14 @@ for credential in dsn bot_token; do
         install -m 0600 /dev/null "$ETC/credentials/$credential"
     fi
 done
+# the manifest signing key: made here, never replaced (the old backups need it)
+if [ -s "$ETC/credentials/signing_key" ]; then
+    say "kept the existing signing key $ETC/credentials/signing_key"
+else
+    rm -f "$ETC/credentials/signing_key"
+    "$DESTDIR$PREFIX/bin/backupd" keygen "$ETC/credentials/signing_key" >/dev/null
+    say "signing key $ETC/credentials/signing_key (0600): keep a copy with the decryption keys"
+fi
 
 # 5. where the default local destination writes; where the metrics file goes (setgid: the file
 # gets the group backupd-metrics, 0640)

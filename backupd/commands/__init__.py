@@ -5,9 +5,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from backupd.commands import (
-    backup, check_config, completion, diff, doctor, export, list_backups, prune, restore, restore_storage, run, status,
+    backup, check_config, completion, diff, doctor, export, keygen, list_backups, prune, restore, restore_storage,
+    run, status,
     verify,
 )
 
 COMMANDS: list[ModuleType] = [run, backup, status, list_backups, prune, check_config, doctor, restore, verify, diff,
-                              export, restore_storage, completion]
+                              export, restore_storage, completion, keygen]

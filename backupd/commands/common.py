@@ -14,6 +14,7 @@ from backupd.config import Config, load_config
 from backupd.destinations import build
 from backupd.destinations.base import Destination
 from backupd.manifest import id_time
+from backupd.signing import Trust, TrustedDestination
 
 
 def config_from(args: Any) -> Config:
@@ -30,6 +31,20 @@ def destination_from(config: Config, name: str | None) -> Destination:
     """`--from NAME`, or the first configured destination."""
     chosen = config.destination(name) if name else config.destinations[0]
     return build(chosen)
+
+
+def trusted_destination_from(config: Config, name: str | None, *, trust_unsigned: bool = False
+                             ) -> TrustedDestination:
+    """`--from NAME` (or the first destination) as readers see it: every manifest checked
+    (backupd.signing) before anything of its backup is read."""
+    return TrustedDestination(destination_from(config, name), Trust.of(config, trust_unsigned=trust_unsigned))
+
+
+def add_trust_unsigned(parser: Any) -> None:
+    """The `--trust-unsigned` option of every command that reads a backup."""
+    parser.add_argument("--trust-unsigned", action="store_true",
+                        help="read a backup whose manifest is unsigned or does not verify with [security] "
+                             "signing_key, or is unencrypted under a config that encrypts (a warning is logged)")
 
 
 def print_json(data: Any) -> None:

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from backupd import progress
-from backupd.commands.common import config_from, destination_from
+from backupd.commands.common import add_trust_unsigned, config_from, trusted_destination_from
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -19,6 +19,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="source", metavar="NAME", help="destination (default: the first)")
     parser.add_argument("--table", metavar="T", help="only this table, listing its keys and changed columns")
     parser.add_argument("--json", action="store_true", help="machine-readable output, keys included")
+    add_trust_unsigned(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -26,7 +27,7 @@ def handle(args: argparse.Namespace) -> int:
     from backupd.diff import diff_backups
 
     config = config_from(args)
-    destination = destination_from(config, args.source)
+    destination = trusted_destination_from(config, args.source, trust_unsigned=args.trust_unsigned)
     with progress.on_terminal(args.log_format, "comparing"):
         result = diff_backups(destination, args.before, args.after, args.table, config.state.dir
                               if config.state.dir.exists() else None)

@@ -30,6 +30,11 @@ def _line(ok: bool, name: str, detail: str) -> None:
     sys.stdout.flush()
 
 
+def _warn(name: str, detail: str) -> None:
+    sys.stdout.write(f"WARN  {name:<24} {detail}\n")
+    sys.stdout.flush()
+
+
 def _check(name: str, action: Callable[[], str]) -> bool:
     began = time.monotonic()
     try:
@@ -88,6 +93,12 @@ def handle(args: argparse.Namespace) -> int:
     config = config_from(args)
     ok = True
     _line(True, "config", f"{len(config.destinations)} destination(s), {len(config.notifiers)} notifier(s)")
+    if config.security.signing_key is None:
+        _warn("signing key", "no [security] signing_key: manifests are not signed, so a forged backup at a "
+                             "destination cannot be told from a real one (`backupd keygen FILE`, then "
+                             "signing_key_file = FILE; keep it with the decryption keys)")
+    else:
+        _line(True, "signing key", "set: manifests are signed and checked")
     found: dict[str, Any] = {}
     ok &= _check("database", lambda: _database(config, found))
     if config.dump.enabled:

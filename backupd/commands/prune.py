@@ -13,6 +13,7 @@ from backupd.destinations import build
 from backupd.errors import BackupdError
 from backupd.manifest import now_utc
 from backupd.retention import apply_retention
+from backupd.signing import key_of
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def handle(args: argparse.Namespace) -> int:
             destination = build(dest_config)
             try:
                 keep, removed = apply_retention(destination, dest_config.retention, now_utc(), args.dry_run,
-                                                state_dir=config.state.dir)
+                                                state_dir=config.state.dir, key=key_of(config))
             except BackupdError as exc:
                 sys.stderr.write(f"backupd: error: {dest_config.name}: {exc}\n")
                 failed += 1

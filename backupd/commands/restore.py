@@ -18,6 +18,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from backupd import progress, redact
+from backupd.commands.common import add_trust_unsigned
 from backupd.errors import BackupdError, UsageError
 from backupd.manifest import is_backup_id, iso, now_utc
 
@@ -49,6 +50,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpg-homedir", type=Path, metavar="DIR", help="GnuPG home with the private key")
     parser.add_argument("--identity", type=Path, action="append", default=[], metavar="FILE",
                         help="age identity file (repeatable)")
+    add_trust_unsigned(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -132,16 +134,20 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace, config: Any, tables: list[str] | None) -> Any:
-    from backupd.restore import JsonRestore, backup_chain, backup_inputs, file_input, find_backup, make_decryptor
+    from backupd.restore import JsonRestore, backup_chain, backup_inputs, file_input, make_decryptor
+    from backupd.signing import resolve
 
     with progress.on_terminal(args.log_format, "restoring") as reporter:
         shown = _RestoreProgress(reporter)
         if config is not None and (args.backup == "latest" or is_backup_id(args.backup)):
-            from backupd.commands.common import destination_from
+            from backupd.commands.common import trusted_destination_from
 
-            destination = destination_from(config, args.from_destination)
-            manifest = find_backup(destination, args.backup)
+            destination = trusted_destination_from(config, args.from_destination,
+                                                   trust_unsigned=args.trust_unsigned)
+            manifest = resolve(destination, args.backup)
             chain = [manifest] if args.sql else backup_chain(destination, manifest)
+            for member in chain:  # every backup of the chain, before the target is touched
+                destination.check(member)
             decryptor = make_decryptor(chain, args.gpg_homedir, list(args.identity))
             if args.sql and args.dry_run:
                 # in a scratch database: a `COMMIT;` in the file must not reach the target

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from backupd import redact
-from backupd.commands.common import config_from, destination_from
+from backupd.commands.common import add_trust_unsigned, config_from, trusted_destination_from
 from backupd.errors import UsageError
 
 KEY_ENV = "SUPABASE_SERVICE_ROLE_KEY"
@@ -42,12 +42,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpg-homedir", type=Path, metavar="DIR", help="GPG home with the private keys")
     parser.add_argument("--identity", type=Path, action="append", default=[], metavar="FILE",
                         help="age identity file (repeatable)")
+    add_trust_unsigned(parser)
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    from backupd.signing import resolve
     from backupd.storage_objects import restore_objects
-    from backupd.verify import resolve_backup
 
     config = config_from(args)
     if not config.source.storage:
@@ -63,14 +64,14 @@ def handle(args: argparse.Namespace) -> int:
         redact.register([key])
         update["service_role_key"] = SecretStr(key)
     target = target.model_copy(update=update)
-    destination = destination_from(config, args.source)
-    manifest = resolve_backup(destination, args.backup)
+    destination = trusted_destination_from(config, args.source, trust_unsigned=args.trust_unsigned)
+    manifest = resolve(destination, args.backup)
     decryptor = None
     if args.gpg_homedir or args.identity or any(a.encryption != "none" for a in manifest.artifacts):
         from backupd.crypto import build_decryptor
 
         decryptor = build_decryptor(args.gpg_homedir, list(args.identity))
-    counts = restore_objects(destination, manifest, target, buckets=list(args.bucket), to_bucket=args.to_bucket,
+    counts = restore_objects(destination.inner, manifest, target, buckets=list(args.bucket), to_bucket=args.to_bucket,
                              decryptor=decryptor, work_dir=config.state.dir / "restore-storage",
                              dry_run=args.dry_run)
     verb = "would upload" if args.dry_run else "uploaded"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from backupd import progress
-from backupd.commands.common import config_from, destination_from, human_bytes, print_json
+from backupd.commands.common import add_trust_unsigned, config_from, human_bytes, print_json, trusted_destination_from
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -26,11 +26,13 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--identity", type=Path, action="append", default=[], metavar="FILE",
                         help="age identity file (repeatable)")
     parser.add_argument("--json", action="store_true", help="machine-readable report")
+    add_trust_unsigned(parser)
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from backupd.verify import record_result, resolve_backup, verify_backup
+    from backupd.signing import resolve
+    from backupd.verify import record_result, verify_backup
 
     config = config_from(args)
     if args.restore_test:
@@ -39,8 +41,8 @@ def handle(args: argparse.Namespace) -> int:
         problem = refusal(config)
         if problem is not None:
             raise problem  # up front, exit 2: plain verify still works
-    destination = destination_from(config, args.source)
-    manifest = resolve_backup(destination, args.backup)
+    destination = trusted_destination_from(config, args.source, trust_unsigned=args.trust_unsigned)
+    manifest = resolve(destination, args.backup)
     decryptor = None
     if args.gpg_homedir or args.identity or any(a.encryption != "none" for a in manifest.artifacts):
         from backupd.crypto import build_decryptor

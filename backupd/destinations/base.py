@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -17,21 +17,28 @@ import structlog
 
 from backupd.errors import DestinationError, IntegrityError, NotFound
 from backupd.manifest import MANIFEST_NAME, Manifest, is_backup_id
+from backupd.signing import sign
 
 log = structlog.get_logger("backupd.destination")
 
 
 @dataclass(frozen=True)
 class StagedBackup:
-    """A finished backup in the staging folder: its files and its manifest."""
+    """A finished backup in the staging folder: its files, its manifest, and the key its stored
+    manifest is signed with ([security] signing_key; None: unsigned)."""
 
     folder: Path
     manifest: Manifest
+    signing_key: bytes | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
         """The backup id."""
         return self.manifest.id
+
+    def manifest_bytes(self, manifest: Manifest | None = None) -> bytes:
+        """`manifest` (default: the staged one) as stored: signed when a key is set."""
+        return sign(manifest or self.manifest, self.signing_key).to_json()
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,7 @@ class ObjectStoreDestination:
                     # listed before the put: an upload cut short (a signal) is cleaned up too
                     written.append(key)
                     self.objects.put(key, data, entry.bytes)
-            manifest = backup.manifest.to_json()
+            manifest = backup.manifest_bytes()
             manifest_key = self._key(backup.id, MANIFEST_NAME)
             written.insert(0, manifest_key)  # deleted first if anything below is interrupted
             self.objects.put(manifest_key, io.BytesIO(manifest), len(manifest))

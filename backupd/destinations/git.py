@@ -403,7 +403,7 @@ class GitDestination:
         try:
             files, artifacts = self._build_tree_files(backup, work)
             stored = manifest.model_copy(update={"artifacts": artifacts})
-            (work / "tree" / MANIFEST_NAME).write_bytes(stored.to_json())
+            (work / "tree" / MANIFEST_NAME).write_bytes(backup.manifest_bytes(stored))
             files.append(MANIFEST_NAME)
             parent = self._tip()
             commit = self._commit(work, files, parent, f"backupd backup {manifest.id} ({manifest.kind})\n\n"

@@ -42,6 +42,11 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path):
     assert (root / "var/lib/backupd-metrics").stat().st_mode & 0o7777 == 0o2750
     assert (root / "etc/backupd/credentials").stat().st_mode & 0o777 == 0o700
     assert (root / "etc/backupd/credentials/dsn").read_bytes() == b""
+    key = root / "etc/backupd/credentials/signing_key"  # the credential backupd.service loads
+    assert key.stat().st_mode & 0o777 == 0o600 and len(key.read_text().strip()) == 64
+    signing_key = key.read_text()
+    assert "LoadCredential=signing_key:/etc/backupd/credentials/signing_key" in \
+        (units / "backupd.service").read_text()
     assert (root / "var/backups/backupd").is_dir()
     assert os.readlink(root / "usr/local/bin/backupd") == f"{prefix}/bin/backupd"
     assert "complete -F _backupd backupd" in (root / "usr/share/bash-completion/completions/backupd").read_text()
@@ -55,6 +60,7 @@ def test_install_then_uninstall_into_a_staging_root(tmp_path):
     second = _sh("install.sh", root, prefix)
     assert second.returncode == 0, second.stderr
     assert "kept the existing" in second.stdout and config.read_text() == edited
+    assert key.read_text() == signing_key  # never replaced: the old backups need it
 
     state = root / "var/lib/backupd"
     state.mkdir(parents=True)

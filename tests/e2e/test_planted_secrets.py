@@ -54,6 +54,7 @@ SECRETS = {
     "ping_uuid": "PlantedPingUuid-2wEss",
     "check_config_bad": "PlantedCheckCfg-6yHnn",
     "ssh_key": "PlantedSshKeyBody-7hGff",
+    "signing_key": "5e1f51a9" * 8,  # [security] signing_key: 64 hex digits
 }
 
 
@@ -241,6 +242,7 @@ def test_no_planted_secret_is_written_printed_or_sent(pg, tmp_path, recorder, mo
         "state": {"dir": str(state)},
         "verify": {"scratch_dsn": f"postgresql://scratch:{SECRETS['scratch_password']}@127.0.0.1:1/scratch"},
         "audit": {"table": "logs"},
+        "security": {"signing_key": SECRETS["signing_key"]},
         "destinations": [
             {"name": "local", "type": "local", "path": str(backups)},
             {"name": "s3", "type": "s3", "bucket": "planted-backups", "prefix": "p", "endpoint_url": moto_s3,
@@ -325,6 +327,8 @@ def test_no_planted_secret_is_written_printed_or_sent(pg, tmp_path, recorder, mo
                     blobs[f"{path}#{index}"] = data
     assert any("status.json" in k for k in blobs) and any("history.jsonl" in k for k in blobs)
     assert any("manifest.json" in k for k in blobs)
+    # the manifests were signed with the planted key (so it really was used, and still is nowhere)
+    assert any(b'"signature": "hmac-sha256:' in v for k, v in blobs.items() if k.endswith("manifest.json#0"))
     # what it sent: every request body (headers that carry credentials by design are left out)
     for number, request in enumerate(recorder.requests):
         blobs[f"request {number} {request.method} body"] = request.body

@@ -69,4 +69,4 @@ def test_diff_between_fulls_text_output_and_table_listing(make_config, source_ds
     assert listing.returncode == 0, listing.stderr
     assert any(l.startswith(f'~ {{"id": "{project}"}}') and "description" in l for l in listing.stdout.splitlines())
     missing = run_cli("--config", str(config), "diff", first["id"], "20000101T000000Z")
-    assert missing.returncode == 1 and "no backup 20000101T000000Z" in missing.stderr
+    assert missing.returncode == 1 and "backup 20000101T000000Z not found at local" in missing.stderr
