@@ -15,6 +15,9 @@ command -v promtool     >/dev/null 2>&1 || missing="$missing prometheus"
 command -v chromium     >/dev/null 2>&1 || missing="$missing chromium"
 command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
 command -v zsh          >/dev/null 2>&1 || missing="$missing zsh"
+# tests/systemd: a real systemd booted in a namespace; install.sh's venv from the system python3
+[ -x /lib/systemd/systemd ]             || missing="$missing systemd"
+/usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing:$missing"
