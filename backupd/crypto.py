@@ -811,6 +811,33 @@ class BackupDecryptor:
         raise IntegrityError(f"unknown encryption {kind!r}")
 
 
+def holds_private_key(decryptor: Decryptor | None, kind: str, recipients: list[str]) -> bool:
+    """Whether `decryptor` (None: the default one, `$GNUPGHOME`) has a key for a `kind` ("gpg",
+    "age") artifact encrypted to `recipients`: a GPG secret key whose fingerprint (primary or
+    subkey) is one of them (any secret key when none are recorded), or any age identity. Only
+    looks: nothing is decrypted. A decryptor of another kind is assumed able."""
+    chosen = decryptor if decryptor is not None else default_decryptor()
+    if not isinstance(chosen, BackupDecryptor):
+        return True
+    if kind == "age":
+        return bool(chosen.age._identities)
+    if kind != "gpg":
+        return False
+    home = chosen.gpg.home
+    was_running = _agent_running(home)
+    try:
+        listing = proc.run(_gpg_argv(home, "--with-colons", "--list-secret-keys"), timeout=60)
+    except CommandError:
+        return False
+    finally:
+        if not was_running:
+            kill_gpg_agent(home)
+    fingerprints = {line.split(":")[9] for line in listing.decode("utf-8", "replace").splitlines()
+                    if line.startswith("fpr:") and len(line.split(":")) > 9}
+    wanted = {r.upper() for r in recipients}
+    return bool(fingerprints & wanted) if wanted else bool(fingerprints)
+
+
 def build_decryptor(gpg_homedir: Path | None, identities: list[Path]) -> Decryptor:
     """A Decryptor using the GPG private keys of `gpg_homedir` (None: `$GNUPGHOME`) and the age
     identities in `identities`. Raises UsageError for a missing homedir or an unreadable identity."""

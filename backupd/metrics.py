@@ -133,6 +133,11 @@ def render(status: dict[str, Any], stale_after: timedelta) -> str:
     drill_outcome = family("last_drill_outcome", "gauge", "1 for the outcome of the last drill, else 0.")
     for name in ("passed", "failed"):
         drill_outcome.add(1.0 if drill.get("outcome") == name else 0.0, outcome=name)
+    drill_level = family("last_drill_level", "gauge",
+                         "1 for the kind of the last verification: stored (sha256 of the stored bytes only, "
+                         "no private key), decoded (every artifact decoded), restored (a restore drill).")
+    for name in ("stored", "decoded", "restored"):
+        drill_level.add(1.0 if drill.get("verify_level") == name else 0.0, level=name)
     family("last_drill_restore_test", "gauge",
            "1 when the last verification included a restore test (a restore drill), else 0.").add(
         1.0 if drill.get("restore_test") else 0.0)

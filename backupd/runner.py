@@ -25,7 +25,7 @@ from backupd.catalog import Table, discover
 from backupd.config import Config, DestinationConfig
 from backupd.db import one_line
 from backupd.destinations import build
-from backupd.destinations.base import Destination, StagedBackup
+from backupd.destinations.base import Destination, StagedBackup, destination_os_error
 from backupd.errors import Abandoned, BackupdError, DestinationError
 from backupd.manifest import Manifest, TableEntry, backup_id, iso, now_utc
 from backupd.notify.dispatch import dispatch_run, run_started
@@ -382,8 +382,8 @@ class Runner:
             try:
                 try:
                     destination.sweep(keep=None)
-                except BackupdError as exc:
-                    log.warning("sweep_failed", error=str(exc))
+                except (BackupdError, OSError) as exc:
+                    log.warning("sweep_failed", error=_one_line(exc))
                 self._store_with_retry(destination, staged, config)
                 result.destinations[destination.name] = {
                     "ok": True, "error": None, "seconds": round(time.monotonic() - began, 3)}
@@ -394,13 +394,15 @@ class Runner:
 
                     try:
                         prune_unreferenced(destination)
-                    except BackupdError as exc:
-                        log.warning("storage_prune_failed", error=str(exc))
+                    except (BackupdError, OSError) as exc:
+                        log.warning("storage_prune_failed", error=_one_line(exc))
             except Abandoned:
                 raise
-            except BackupdError as exc:
-                result.destinations[destination.name] = {"ok": False, "error": str(exc)}
-                log.error("destination_failed", error=str(exc))
+            except (BackupdError, OSError) as exc:
+                # an OSError (ENOTDIR, EACCES, EROFS, ENOSPC, EIO) is the destination's, not a bug
+                error = _one_line(exc, "write")
+                result.destinations[destination.name] = {"ok": False, "error": error}
+                log.error("destination_failed", error=error)
             except Exception as exc:  # noqa: BLE001 - isolate a destination's bug from the others
                 message = f"{type(exc).__name__}: {one_line(exc)}"
                 result.destinations[destination.name] = {"ok": False, "error": message}
@@ -438,5 +440,10 @@ class Runner:
             apply_retention(destination, config.retention, now_utc(), dry_run=False,
                             state_dir=self.config.state.dir, commanded=commanded,
                             key=key_of(self.config))
-        except BackupdError as exc:
-            log.error("retention_failed", error=str(exc))
+        except (BackupdError, OSError) as exc:
+            log.error("retention_failed", error=_one_line(exc))
+
+
+def _one_line(exc: BackupdError | OSError, action: str = "use") -> str:
+    """A destination's error as its one line (an OSError with its path and reason)."""
+    return str(exc if isinstance(exc, BackupdError) else destination_os_error(exc, action))

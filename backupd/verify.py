@@ -25,6 +25,7 @@ same drill from the daemon (`run_scheduled_drills`).
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import secrets
@@ -42,15 +43,16 @@ import structlog
 from backupd.catalog import Table, is_partitioned
 from backupd.checksum import DEFAULT_ALGORITHM, TableChecksum
 from backupd.config import Config, DestinationConfig
+from backupd.crypto import holds_private_key
 from backupd.db import connect, one_line, quote_ident
 from backupd.destinations import build
 from backupd.destinations.base import Destination
-from backupd.errors import BackupdError, CommandError, NotFound, SourceError
+from backupd.errors import BackupdError, CommandError, NotFound, SourceError, UsageError
 from backupd.jsonreader import ExportReader
 from backupd.lines import bounded_lines
 from backupd.manifest import ArtifactEntry, Manifest, iso, now_utc
 from backupd.signing import Trust, TrustedDestination, resolve
-from backupd.pipeline import Decryptor, open_decoded
+from backupd.pipeline import Decryptor, VerifyingReader, open_decoded
 from backupd.redact import redact, withhold_row_data
 from backupd.scratch import ScratchServer, scratch_server
 from backupd.sources.json_export import table_checksum
@@ -60,6 +62,7 @@ from backupd.status import StatusStore
 log = structlog.get_logger("backupd.verify")
 
 VERIFY_RECORDS = "verify.json"
+NO_PRIVATE_KEY_NOTE = "no private key: stored bytes checked, contents not decrypted"
 DRILL_INTERVALS = {"daily": timedelta(days=1), "weekly": timedelta(days=7)}
 # the per-table checksum depends on how the session renders timestamptz: compare in UTC
 COMPARE_TIMEZONE = "UTC"
@@ -146,6 +149,21 @@ class VerifyReport:
     restore_test: RestoreTest | None = None
     restore_requested: bool = False
     error: str | None = None
+    stored_only: bool = False  # no private key: encrypted artifacts checked as stored bytes only
+
+    @property
+    def level(self) -> str:
+        """What kind of verification this is: `stored` (size and sha256 of the stored bytes only:
+        no private key), `decoded` (every artifact decoded to its end, rows counted), `restored`
+        (and restored into scratch databases, compared with the manifest)."""
+        if self.restore_requested:
+            return "restored"
+        return "stored" if self.stored_only else "decoded"
+
+    @property
+    def note(self) -> str | None:
+        """What a reader of a passed verification must know about its limits, if anything."""
+        return NO_PRIVATE_KEY_NOTE if self.stored_only else None
 
     @property
     def ok(self) -> bool:
@@ -195,6 +213,8 @@ class VerifyReport:
             "finished": iso(self.finished or datetime.now(UTC)),
             "seconds": self.seconds,
             "outcome": self.outcome,
+            "verify_level": self.level,
+            "note": self.note,
             "error": redact(failure) if failure else None,
             "rto_seconds": round(self.restore_test.rto_seconds, 3) if self.restore_test else None,
             "host": socket.gethostname(),
@@ -342,8 +362,9 @@ def _drain(stream: BinaryIO) -> int:
 
 
 def check_artifact(destination: Destination, manifest: Manifest, entry: ArtifactEntry,
-                   decryptor: Decryptor | None) -> ArtifactCheck:
-    """Stream one artifact: size, sha256, decoding to the end, and its rows against the manifest."""
+                   decryptor: Decryptor | None, *, stored_only: bool = False) -> ArtifactCheck:
+    """Stream one artifact: size, sha256, decoding to the end, and its rows against the manifest.
+    `stored_only` (no private key for an encrypted artifact): size and sha256 of the stored bytes."""
     check = ArtifactCheck(entry.name, entry.bytes)
     where = f"{destination.name}:{manifest.id}/{entry.name}"
     try:
@@ -355,6 +376,11 @@ def check_artifact(destination: Destination, manifest: Manifest, entry: Artifact
         check.ok, check.error = False, str(exc)
         return check
     try:
+        if stored_only:
+            with io.BufferedReader(VerifyingReader(raw, entry, where), 1 << 20) as stored:
+                _drain(stored)
+            check.detail = "size and sha256 of the stored bytes match (not decrypted: no private key)"
+            return check
         with open_decoded(raw, entry, where, decryptor, manifest.encryption_recipients) as plain:
             problems: list[str] = []
             if entry.content == "export" and entry.name.startswith("export.json"):
@@ -557,12 +583,20 @@ def verify_backup(config: Config, destination: Destination, manifest: Manifest, 
     """Verify one backup (artifacts, then optionally a restore test). Does not record the result."""
     report = VerifyReport(manifest.id, destination.name, manifest.kind, datetime.now(UTC), trigger=trigger,
                           restore_requested=restore_test)
+    keyless = missing_private_keys(manifest, decryptor)
+    if keyless and restore_test:
+        raise UsageError(f"--restore-test of backup {manifest.id} needs its private key: {keyless[0]}",
+                         PRIVATE_KEY_HINT)
+    report.stored_only = bool(keyless)
     structlog.contextvars.bind_contextvars(backup_id=manifest.id, destination=destination.name)
     try:
-        log.info("verify_started", restore_test=restore_test)
+        log.info("verify_started", restore_test=restore_test, level=report.level)
+        if keyless:
+            log.warning("verify_without_private_key", note=NO_PRIVATE_KEY_NOTE, detail=keyless[0])
         for entry in manifest.artifacts:
             progress.current().stage(f"checking {entry.name}")
-            check = check_artifact(destination, manifest, entry, decryptor)
+            check = check_artifact(destination, manifest, entry, decryptor,
+                                   stored_only=bool(keyless) and entry.encryption != "none")
             progress.current().done(entry.name)
             report.artifacts.append(check)
             if check.ok:
@@ -583,8 +617,24 @@ def verify_backup(config: Config, destination: Destination, manifest: Manifest, 
         structlog.contextvars.unbind_contextvars("backup_id", "destination")
     level = "info" if report.ok else "error"
     getattr(log, level)("verify_finished", backup_id=manifest.id, destination=destination.name,
-                        outcome=report.outcome, seconds=report.seconds, error=report.failure())
+                        outcome=report.outcome, level=report.level, seconds=report.seconds,
+                        error=report.failure(), note=report.note)
     return report
+
+
+PRIVATE_KEY_HINT = ("pass --gpg-homedir DIR (or set GNUPGHOME) with one of its private keys, or --identity FILE "
+                    "for age; without one, plain `verify` checks the stored bytes")
+
+
+def missing_private_keys(manifest: Manifest, decryptor: Decryptor | None) -> list[str]:
+    """Why the encrypted artifacts of `manifest` cannot be decrypted here (empty: they can, or none
+    is encrypted): one line per encryption kind without a fitting key. Nothing is decrypted."""
+    missing = []
+    for kind in sorted({a.encryption for a in manifest.artifacts if a.encryption != "none"}):
+        if not holds_private_key(decryptor, kind, manifest.encryption_recipients):
+            recipients = ", ".join(manifest.encryption_recipients) or "recipients not recorded"
+            missing.append(f"no {kind} private key here for {recipients}")
+    return missing
 
 
 # -- recording --------------------------------------------------------------------------------------
@@ -612,7 +662,7 @@ def record_result(config: Config, report: VerifyReport) -> dict[str, Any]:
         per_destination = records.setdefault(report.destination, {})
         per_destination[report.backup_id] = {
             "verified": report.ok, "at": record["finished"], "restore_test": report.restore_requested,
-            "error": record["error"]}
+            "level": report.level, "error": record["error"]}
         if len(per_destination) > 1000:
             for old in sorted(per_destination)[:-1000]:
                 del per_destination[old]
@@ -688,7 +738,9 @@ def run_drill(config: Config, destination_config: DestinationConfig, *, trigger:
         report.finished = datetime.now(UTC)
         record_result(config, report)
         return report
-    report = verify_backup(config, destination, manifest, restore_test=True, decryptor=decryptor, trigger=trigger)
+    # without the private key (public keys only on this server) the drill checks the stored bytes
+    restore = not missing_private_keys(manifest, decryptor)
+    report = verify_backup(config, destination, manifest, restore_test=restore, decryptor=decryptor, trigger=trigger)
     record_result(config, report)
     return report
 

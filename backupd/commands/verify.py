@@ -100,5 +100,7 @@ def _print(report: Any) -> None:
                     for error in half.errors:
                         out.write(f"    FAILED {half.name:<5} {label}: {error}\n")
             out.write(f"  restore time (RTO): {test.rto_seconds:.1f}s\n")
+    if report.note:
+        out.write(f"  note: {report.note}\n")
     out.write(f"backup {report.backup_id} at {report.destination}: verification {report.outcome} "
-              f"({report.seconds:.1f}s)\n")
+              f"({report.level}, {report.seconds:.1f}s)\n")

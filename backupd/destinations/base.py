@@ -7,6 +7,7 @@ listing of complete backups only. An object store only moves bytes.
 
 from __future__ import annotations
 
+import errno
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -208,6 +209,17 @@ class ObjectStoreDestination:
         return removed
 
 
+def destination_os_error(exc: OSError, action: str = "write", path: object = None) -> DestinationError:
+    """An OSError met at a destination (ENOTDIR, EACCES, EROFS, ENOSPC, EIO, ...) as the expected
+    failure it is: one line naming the path and the reason, no traceback. ENOSPC and EDQUOT read
+    `no space left on device writing <path>`."""
+    where = path if path is not None else exc.filename
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DestinationError(f"no space left on device writing {where}", "free space at the destination")
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return DestinationError(f"cannot {action} {where}: {reason}" if where is not None else f"cannot {action}: {reason}")
+
+
 def classify_http_status(status: int) -> bool:
     """True when an HTTP status is worth retrying (5xx, 429, 408)."""
     return status >= 500 or status in (408, 429)
@@ -215,5 +227,5 @@ def classify_http_status(status: int) -> bool:
 
 __all__ = [
     "Destination", "DestinationError", "NotFound", "ObjectInfo", "ObjectStore",
-    "ObjectStoreDestination", "StagedBackup", "classify_http_status",
+    "ObjectStoreDestination", "StagedBackup", "classify_http_status", "destination_os_error",
 ]

@@ -50,7 +50,7 @@ import structlog
 
 from backupd import proc
 from backupd.config import GitDestinationConfig
-from backupd.destinations.base import StagedBackup
+from backupd.destinations.base import StagedBackup, destination_os_error
 from backupd.destinations.gitremote import diagnose, is_ssh_remote, ssh_environment, ssh_target
 from backupd.errors import CommandError, DestinationError, IntegrityError, NotFound
 from backupd.lines import MAX_LINE_BYTES, bounded_lines, line_too_long
@@ -399,7 +399,10 @@ class GitDestination:
         if any(a.encryption != "none" for a in manifest.artifacts):
             raise DestinationError(f"{self.name}: git keeps plain text only; this backup is encrypted")
         self._ensure_repo()
-        work = Path(tempfile.mkdtemp(prefix="backupd-", dir=self.path / ".git"))
+        try:
+            work = Path(tempfile.mkdtemp(prefix="backupd-", dir=self.path / ".git"))
+        except OSError as exc:
+            raise destination_os_error(exc, "write", self.path / ".git") from None
         try:
             files, artifacts = self._build_tree_files(backup, work)
             stored = manifest.model_copy(update={"artifacts": artifacts})
@@ -410,6 +413,8 @@ class GitDestination:
                                   f"{manifest.total_rows} rows in {len(manifest.tables)} tables; "
                                   f"snapshot {manifest.snapshot}; backupd {manifest.backupd}\n")
             self._git("update-ref", "-m", f"backupd {manifest.id}", self.ref, commit, parent or _ZERO)
+        except OSError as exc:  # the working files (a full or read-only disk): the destination's failure
+            raise destination_os_error(exc) from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backupd.config import LocalDestinationConfig
-from backupd.destinations.base import ObjectInfo, ObjectStoreDestination
+from backupd.destinations.base import ObjectInfo, ObjectStoreDestination, destination_os_error
 from backupd.errors import DestinationError, NotFound
 
 _BUFFER = 1 << 20
@@ -25,9 +24,15 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _error(action: str, path: Path, exc: OSError) -> DestinationError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DestinationError(f"no space left on device writing {path}", "free space at the destination")
-    return DestinationError(f"cannot {action} {path}: {exc.strerror or exc}")
+    return destination_os_error(exc, action, path)
+
+
+def _discard(path: Path) -> None:
+    """Remove a temp file if it is there; a path that cannot hold one (ENOTDIR, EROFS) holds none."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 class LocalStore:
@@ -54,10 +59,10 @@ class LocalStore:
             os.replace(temp, path)
             _fsync_dir(path.parent)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
+            _discard(temp)
             raise _error("write", path, exc) from None
         except BaseException:
-            temp.unlink(missing_ok=True)  # abandoned by a signal: no temp file stays behind
+            _discard(temp)  # abandoned by a signal: no temp file stays behind
             raise
 
     def get(self, key: str) -> BinaryIO:
@@ -90,6 +95,8 @@ class LocalStore:
             path = self._path(key)
             try:
                 path.unlink(missing_ok=True)
+            except NotADirectoryError:
+                continue  # a parent is a regular file: nothing was ever written there
             except OSError as exc:
                 raise _error("delete", path, exc) from None
             parents.add(path.parent)

@@ -39,7 +39,9 @@ _NOT_FOUND = {3, 4}
 _TRANSIENT = {5, 8}
 _STAMP = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d ")
 _FATAL_WORDS = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket",
-                "didn't find section in config file", "permission denied", "403")
+                "didn't find section in config file", "permission denied", "403",
+                # a local or mounted path's OS errors: retrying changes nothing
+                "not a directory", "read-only file system")
 
 
 def _relay(line: str) -> None:
