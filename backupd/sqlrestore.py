@@ -282,8 +282,11 @@ def restore_sql(destination: Destination, manifest: Manifest, target_dsn: str, d
     roles_sql = b""
     roles_entry = manifest.artifact_for("roles")
     if roles_entry is not None and not skeleton_roles_done:
+        from backupd.supabase_skeleton import RESERVED_ROLES
+
+        skeleton_roles = [name for name, _ in RESERVED_ROLES] if supabase_skeleton else []
         roles_text, warnings = plan_roles(b"".join(artifact_lines(destination, manifest, roles_entry, decryptor)
-                                                   ).decode("utf-8"), facts)
+                                                   ).decode("utf-8"), facts, skeleton_roles)
         roles_sql = roles_text.encode()
         for warning in warnings:
             log.warning("role_skipped", detail=warning)

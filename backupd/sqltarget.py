@@ -11,7 +11,7 @@ data dump loads (its `COPY` targets, found while the artifact is verified) must 
 
 `plan_roles` turns a backup's `roles.sql` (pg_dumpall `--roles-only`) into what the target can
 apply without stopping the restore: a role that already exists is kept as it is (its CREATE and
-ALTER are skipped); attributes only a superuser may set (SUPERUSER, REPLICATION, BYPASSRLS) are
+ALTER are skipped), one it neither has nor creates gets no ALTER; attributes only a superuser may set (SUPERUSER, REPLICATION, BYPASSRLS) are
 left out for a restoring role that is not one, as are `GRANT ... ON PARAMETER`. Each skip is a
 warning naming the role; the rest of roles.sql runs in the restore's one transaction.
 """
@@ -174,12 +174,13 @@ def split_statements(sql: str) -> list[str]:
     return statements
 
 
-def plan_roles(roles_sql: str, facts: TargetFacts) -> tuple[str, list[str]]:
-    """roles.sql as the target can take it, and one warning per role skipped or trimmed."""
+def plan_roles(roles_sql: str, facts: TargetFacts, created_before: Iterable[str] = ()) -> tuple[str, list[str]]:
+    """roles.sql as the target can take it, and one warning per role skipped or trimmed.
+    `created_before`: roles the same transaction creates before roles.sql (the skeleton's)."""
     kept: list[str] = []
     warnings: list[str] = []
     existing_warned: set[str] = set()
-    created: set[str] = set()
+    created: set[str] = set(created_before) - facts.roles
     for statement in split_statements(roles_sql):
         role_statement = _STATEMENT.match(statement)
         parameter = _ON_PARAMETER.match(statement)
@@ -194,6 +195,12 @@ def plan_roles(roles_sql: str, facts: TargetFacts) -> tuple[str, list[str]]:
                 continue
             if verb == "CREATE":
                 created.add(role)
+            elif role not in created:
+                # the platform's own roles (anon, ...) get settings in roles.sql but are not created
+                # there: on a plain server without the skeleton they do not exist
+                warnings.append(f"role {role} does not exist on the target and roles.sql does not create it: "
+                                f"`{statement.rstrip(';')[:120]}` skipped")
+                continue
             elif not facts.superuser and rest.lstrip().upper().startswith("WITH"):
                 statement, refused = _without_superuser_attributes(statement)
                 if refused:

@@ -49,7 +49,25 @@ def test_roles_for_a_non_superuser_supabase_target():
 
 
 def test_roles_for_a_superuser_target_are_kept_whole():
-    """A superuser target takes every attribute and parameter grant; only existing roles are skipped."""
+    """A superuser target takes every attribute and parameter grant; only an existing role is
+    skipped (kept as it is)."""
+    sql, warnings = plan_roles(ROLES, TargetFacts(150000, superuser=True, roles={"postgres", "anon"}))
+    assert "BYPASSRLS REPLICATION" in sql and "ON PARAMETER" in sql and 'ALTER ROLE "anon"' not in sql
+    assert warnings == ["role anon already exists on the target: kept as it is (its CREATE/ALTER ROLE from "
+                        "the backup skipped)"]
+
+
+def test_settings_of_a_role_nobody_creates_are_skipped():
+    """A plain server without the skeleton has no `anon`: its ALTER ROLE ... SET is skipped with a
+    warning rather than failing the restore."""
     sql, warnings = plan_roles(ROLES, TargetFacts(150000, superuser=True, roles={"postgres"}))
-    assert "BYPASSRLS REPLICATION" in sql and "ON PARAMETER" in sql and 'ALTER ROLE "anon"' in sql
-    assert warnings == []
+    assert 'ALTER ROLE "anon"' not in sql and 'ALTER ROLE "app_admin" WITH NOINHERIT LOGIN BYPASSRLS' in sql
+    assert warnings == ["role anon does not exist on the target and roles.sql does not create it: "
+                        """`ALTER ROLE "anon" SET "statement_timeout" TO '3s'` skipped"""]
+
+
+def test_settings_of_roles_the_skeleton_creates_first_are_kept():
+    """With --supabase-skeleton the reserved roles are created in the same transaction just before
+    roles.sql: their settings apply, no warning."""
+    sql, warnings = plan_roles(ROLES, TargetFacts(150000, superuser=True, roles={"postgres"}), ["anon"])
+    assert """ALTER ROLE "anon" SET "statement_timeout" TO '3s';""" in sql and warnings == []
