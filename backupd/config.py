@@ -756,7 +756,8 @@ def load_config(explicit: str | Path | None = None, *, warn: list[str] | None = 
             mode = path.stat().st_mode
         except OSError:
             mode = 0
-        inline = any(s and s in raw_text for s in config.secrets())
+        # a bare local path (a git remote on this disk) is a secret field's value, not a secret
+        inline = any(s and not s.startswith("/") and s in raw_text for s in config.secrets())
         if inline and mode & (stat.S_IRGRP | stat.S_IROTH):
             warn.append(
                 f"{path} holds an inline secret and is readable by other users: chmod 600 it, "

@@ -205,3 +205,23 @@ def test_restore_storage_into_a_new_project_uses_the_new_projects_key(two_projec
                        env={"SUPABASE_SERVICE_ROLE_KEY": new.key})
     assert from_env.returncode == 0, from_env.stderr
     assert new.key not in restored.stderr + from_env.stderr + restored.stdout
+
+
+def test_a_local_git_remote_is_not_an_inline_secret(tmp_path):
+    """The git `remote` field is a secret (a URL may carry a token), but a local path is not one:
+    a 0640 config with a bare remote on this disk does not trip config_insecure."""
+    config = write_config(tmp_path / "backupd.toml", {
+        "source": {"dsn_file": str(tmp_path / "dsn")},
+        "state": {"dir": str(tmp_path / "state")},
+        "destinations": [{"name": "git", "type": "git", "path": str(tmp_path / "work"),
+                          "remote": str(tmp_path / "remote.git")}],
+    })
+    (tmp_path / "dsn").write_text("postgresql://backup:Example-pw-1@127.0.0.1:1/db\n")
+    config.chmod(0o640)
+    result = run_cli("--config", str(config), "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "config_insecure" not in result.stderr
+    config.write_text(config.read_text().replace(str(tmp_path / "remote.git"),
+                                                 "https://user:Token-8d7f6e@git.example.com/r.git"))
+    flagged = run_cli("--config", str(config), "check-config")
+    assert flagged.returncode == 0 and "config_insecure" in flagged.stderr
