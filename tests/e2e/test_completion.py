@@ -68,25 +68,35 @@ def test_completion_ids_without_a_readable_config_prints_nothing(tmp_path):
     assert result.returncode == 0 and result.stdout == ""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh not installed (scripts/ensure-tools.sh)")
-def test_zsh_completion_parses_and_offers_backup_ids(make_config, tmp_path):
-    """zsh accepts the script (zsh -n), and its id function hands `latest` and the backup's id to
-    zsh's _describe (stood in by a function that prints what it is given)."""
+def test_zsh_completion_in_a_real_interactive_zsh(make_config, tmp_path):
+    """The zsh script loaded by compinit from fpath in an interactive zsh on a pseudo-terminal
+    (zsh's own zpty module types the Tabs): a subcommand's option, an option's choices, the
+    completion shells, and the id of the backup just taken after `verify`. Each expected word is
+    awaited with `zpty -r` and a pattern; a completion that never comes ends in the timeout."""
     config = make_config()
     assert run_cli("--config", str(config), "-q", "backup").returncode == 0
     backup_id = run_cli("--config", str(config), "completion", "ids").stdout.split()[0]
     generated = run_cli("completion", "zsh")
     assert generated.returncode == 0 and generated.stdout.startswith("#compdef backupd")
-    script = tmp_path / "_backupd"
-    script.write_text(generated.stdout)
-    check = subprocess.run(["zsh", "-n", str(script)], capture_output=True, text=True, timeout=60)
+    functions = tmp_path / "functions"
+    functions.mkdir()
+    (functions / "_backupd").write_text(generated.stdout)
+    check = subprocess.run(["zsh", "-n", str(functions / "_backupd")], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
-    functions = generated.stdout.replace('\n_backupd "$@"\n', "\n")
-    (tmp_path / "functions.zsh").write_text(functions)
-    program = (f"source {shlex.quote(str(tmp_path / 'functions.zsh'))}; typeset -A opt_args; "
-               f"opt_args[--config]={shlex.quote(str(config))}; "
-               "_describe() { print -l -- ${(P)2} }; _backupd_ids")
-    result = subprocess.run(["zsh", "-f", "-c", program], capture_output=True, text=True, timeout=60,
-                            env={"PATH": f"{_wrapper(tmp_path)}:/usr/bin:/bin", "HOME": str(tmp_path)})
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["latest", backup_id]
+    bin_dir = _wrapper(tmp_path)
+    cases = [("backupd restore x --str", "--strategy"), ("backupd --log-format ", "logfmt"),
+             ("backupd completion ", "zsh"), (f"backupd --config {config} verify ", backup_id)]
+    steps = [f"zpty -w -n z {shlex.quote(line + chr(9))}\nzpty -r z out {shlex.quote('*' + expected + '*')} "
+             f"&& print -r -- FOUND:{shlex.quote(expected)}\nzpty -w -n z $'\\C-u'" for line, expected in cases]
+    program = "\n".join([
+        "zmodload zsh/zpty",
+        f"zpty -b z 'PATH={bin_dir}:/usr/bin:/bin HOME={tmp_path} zsh -f -i'",
+        f"zpty -w z 'PS1=\"> \"; fpath=({functions} $fpath); autoload -U compinit; compinit -u; setopt nobeep'",
+        *[step.replace("\\n", "\n") for step in steps],
+        "zpty -d z",
+    ])
+    result = subprocess.run(["zsh", "-f", "-c", program], capture_output=True, text=True, timeout=120)
+    found = [line.removeprefix("FOUND:") for line in result.stdout.splitlines() if line.startswith("FOUND:")]
+    assert found == [expected for _line, expected in cases], result.stdout[-2000:] + result.stderr[-2000:]
