@@ -297,7 +297,8 @@ class Daemon:
         last_stale_check = time.monotonic()
         while not self._done.wait(0.1):
             if self._stop_signal is None:
-                if self._in_run and time.monotonic() - last_stale_check >= HOUSEKEEPING_SECONDS:
+                every = min(HOUSEKEEPING_SECONDS, max(1.0, self.config.state.stale_after.total_seconds() / 4))
+                if self._in_run and time.monotonic() - last_stale_check >= every:
                     # the main loop is inside a run: the stale alert must not wait for it to end
                     last_stale_check = time.monotonic()
                     self._check_stale(self.config, StatusStore(self.config.state.dir).load())

@@ -153,3 +153,33 @@ def test_a_hung_drill_neither_blocks_the_schedule_nor_keeps_the_watchdog_fed(mak
         daemon.stop()
         silent.close()
     assert "Traceback" not in daemon.log
+
+
+@pytest.mark.slow
+def test_a_hung_backup_run_stops_the_watchdog_and_the_stale_alert_still_fires(make_config, source_dsn, notify,
+                                                                                webhook, tmp_path):
+    """A backup run that hangs (another session holds an ACCESS EXCLUSIVE lock on `tasks`, so the
+    dump waits): once the run is older than `stale_after` (here 4 s) the WATCHDOG=1 pings stop,
+    and the stale alert fires while the run still hangs. When the lock goes, the run completes
+    and the pings resume."""
+    import psycopg
+
+    config = make_config(schedule={"every": "1s"}, state={"stale_after": "4s"},
+                         notifiers=[{"type": "webhook", "url": webhook.url, "on": ["stale"]}])
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", env={"NOTIFY_SOCKET": notify.address,
+                                                                   "WATCHDOG_USEC": "1000000"})
+    try:
+        daemon.wait_event("next_run_planned", 60)  # the catch-up run is done
+        with psycopg.connect(source_dsn) as locker:
+            locker.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            started = len(daemon.events("backup_started"))
+            wait_for(lambda: len(daemon.events("backup_started")) > started, 10, "the next run")
+            daemon.wait_event("watchdog_ping_skipped", 15)
+            wait_for(lambda: "stale" in webhook.events(), 20, "the stale alert during the hung run")
+            locker.rollback()
+        pings = len([f for f in notify.fields() if f == "WATCHDOG=1"])
+        wait_for(lambda: len([f for f in notify.fields() if f == "WATCHDOG=1"]) > pings, 30,
+                 "WATCHDOG=1 again once the run completes")
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log

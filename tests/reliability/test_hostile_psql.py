@@ -232,7 +232,7 @@ def test_a_200_mib_line_is_an_error_not_an_allocation(made_backup, pg, tmp_path)
         print(f"\n{args[0]}: exit {os.waitstatus_to_exitcode(status)}, peak RSS {peak_mib} MiB")
         assert os.waitstatus_to_exitcode(status) == 1, stderr
         assert "a line longer than 64 MiB" in stderr, stderr
-        assert peak_mib < 512, peak_mib
+        assert peak_mib < 300, peak_mib  # measured 206 MiB
 
 
 def test_restore_tests_without_a_scratch_server_are_refused_up_front(made_backup, pg, tmp_path):

@@ -33,3 +33,42 @@ def test_corrupt_stream_is_refused(kind, data):
     damaged[len(damaged) // 4] ^= 0xFF
     with pytest.raises(IntegrityError):
         decompress_stream(io.BytesIO(bytes(damaged)), kind, "x").read()
+
+
+def _bomb(kind: str, size: int) -> bytes:
+    """`size` bytes of one repeated byte, compressed: a few KiB standing for hundreds of MiB."""
+    out = io.BytesIO()
+    block = b"x" * (1 << 20)
+    if kind == "zstd":
+        with zstandard.ZstdCompressor(level=1).stream_writer(out, closefd=False) as writer:
+            for _ in range(size >> 20):
+                writer.write(block)
+    else:
+        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9) as writer:
+            for _ in range(size >> 20):
+                writer.write(block)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["zstd", "gzip"])
+def test_a_decompression_bomb_is_read_in_bounded_memory(kind):
+    """200 MiB from a few KiB (zstd) or 200 KiB (gzip), read in 1 MiB chunks: no single
+    allocation near its size (the decompressor is fed a slice at a time); frames concatenated
+    after it still read through."""
+    import tracemalloc
+
+    data = _bomb(kind, 200 << 20) + (ZSTD if kind == "zstd" else GZIP)
+    assert len(data) < 1 << 20
+    tracemalloc.start()
+    try:
+        stream = decompress_stream(io.BytesIO(data), kind, "x")
+        total = 0
+        tail = b""
+        while chunk := stream.read(1 << 20):
+            total += len(chunk)
+            tail = (tail + chunk)[-11:]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == (200 << 20) + len(b"hello world") and tail == b"hello world"
+    assert peak < 32 << 20, peak
