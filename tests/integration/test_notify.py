@@ -569,6 +569,7 @@ def test_send_test_reports_each_notifier_and_send_event_follows_on(make_config, 
     assert len(receiver.requests) == 1  # default `on` has no `restore`
 
 
+@pytest.mark.slow
 def test_telegram_commands_answer_allowed_users_of_the_configured_chat_only(make_config, tmp_path, telegram):
     """With `commands = true` the daemon answers /status and runs /backup for a user of
     `allowed_user_ids` in the configured chat. Another chat, a member not allowed, a message sent

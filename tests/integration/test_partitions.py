@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import zstandard
 
 from tests.conftest import run_cli
@@ -73,6 +74,7 @@ def _restore_both_ways(pg: Any, config: Path, source_counts: dict[str, int]) -> 
     return sql_target, json_target
 
 
+@pytest.mark.slow
 def test_excluded_columns_of_partitions_and_children_never_leave_and_rows_restore_once(make_config, pg, tmp_path):
     """A partitioned `users` (leaf `users_eu`) and an inheritance child `accounts_archive`, their
     parents' `email` excluded: no artifact (decompressed), no git commit holds an email; the
@@ -109,6 +111,7 @@ def test_excluded_columns_of_partitions_and_children_never_leave_and_rows_restor
     assert _counts(pg, json_target) == source_counts
 
 
+@pytest.mark.slow
 def test_incrementals_and_restore_tests_of_partitioned_and_inherited_tables(make_config, pg, tmp_path):
     """A full, then an incremental after inserts, updates and deletes in partitions and in the
     inheritance child: the restore test of the full passes, and both restores of the incremental
@@ -138,6 +141,7 @@ def test_incrementals_and_restore_tests_of_partitioned_and_inherited_tables(make
         assert pg.execute(target, "SELECT plan FROM accounts_archive WHERE id = 12")[0][0] == "gone"
 
 
+@pytest.mark.slow
 def test_table_exclusions_and_inclusions_carry_partitions_and_children(make_config, pg, tmp_path):
     """`exclude_tables = ["users", "accounts"]` leaves out their partitions and the inheritance
     child too (schema, data, export); `include_tables = ["users"]` takes the partitions along, and

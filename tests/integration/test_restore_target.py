@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.conftest import REPO, run_cli, table_checksums
@@ -53,6 +54,7 @@ def _restore_watching_argvs(args: list[str], password: str, env: dict[str, str])
     return process.returncode, stderr, seen
 
 
+@pytest.mark.slow
 def test_restore_takes_the_password_from_a_target_file_pgpassword_or_pgpass(make_config, source_dsn, pg, tmp_path):
     """Three `restore --sql` runs into empty databases, each supplying the password differently;
     every one restores the source's rows, logs psql's argv, and no argv ever holds the password.
