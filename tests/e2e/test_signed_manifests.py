@@ -174,6 +174,9 @@ def test_unsigned_manifest_refused_with_a_key_accepted_with_trust_unsigned_or_wi
     verified = _cli(no_key, "verify", "latest")
     assert verified.returncode == 0, verified.stderr
     assert "signature_not_checked" in verified.stderr and "signing_key" in verified.stderr
+    doctor = _cli(no_key, "doctor")
+    assert "WARN  signing key" in doctor.stdout and "keygen" in doctor.stdout, doctor.stdout
+    assert "ok    signing key" in _cli(config, "doctor").stdout
 
 
 def test_forged_newer_and_future_copies_are_never_latest_nor_counted_by_retention(signed, pg, tmp_path):
