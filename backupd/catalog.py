@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 
 import psycopg
 
-from backupd.db import qualified, quote_ident
+from backupd.db import one_line, qualified, quote_ident, quote_literal
+from backupd.errors import SourceError
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,14 @@ class Table:
     partitioned: bool = False
     # every partition below a partitioned table (schema, name), at any depth
     partitions: tuple[tuple[str, str], ...] = ()
+    # columns of a type with its own cast to json (hstore): exported as their text, which their
+    # input function reads back (their JSON object it does not)
+    text_columns: list[str] = field(default_factory=list)
+    # some column's JSON rendering holds `json` text verbatim, which may hold raw line breaks
+    raw_json: bool = False
+    # per column whose JSON rendering can lose a value (JSON null read back as SQL NULL, a `json`
+    # text's line breaks): the SQL condition (on alias t) under which the row does not carry it
+    exact_conditions: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -58,8 +67,33 @@ class Table:
 
     def select_sql(self, where: str = "") -> str:
         """SELECT of the exported columns (excluded columns never leave the database)."""
-        cols = ", ".join(quote_ident(c) for c in self.columns)
+        cols = ", ".join(f"{quote_ident(c)}::text AS {quote_ident(c)}" if c in self.text_columns else quote_ident(c)
+                         for c in self.columns)
         return f"SELECT {cols} FROM {self.from_sql}" + (f" WHERE {where}" if where else "")
+
+    def row_json(self, alias: str = "t") -> str:
+        """SQL for one row of `select_sql` (as `alias`) rendered as its JSON line.
+
+        A `json` value is rendered verbatim, and its text may hold line breaks (only between
+        tokens: PostgreSQL refuses them raw inside a string), which would cut the one-row-per-line
+        layout: they become spaces, which changes no JSON value (the exact text is kept in the
+        export's `exactValues`)."""
+        if self.raw_json:
+            return f"translate(row_to_json({alias}.*)::text, E'\\n\\r', '  ')"
+        return f"row_to_json({alias}.*)"
+
+    def exact_values_sql(self) -> str | None:
+        """A query of this table's exactValues entries, one JSON object per row: `column`, `key`
+        (the primary key's columns, as in `deleted`) and `text` (the value as PostgreSQL prints
+        it); None when no column needs them or the table has no primary key."""
+        if not self.exact_conditions or not self.primary_key:
+            return None
+        key = ", ".join(f"{quote_literal(c)}, t.{quote_ident(c)}" for c in self.primary_key)
+        values = ", ".join(
+            f"(CASE WHEN {condition} THEN json_build_object('column', {quote_literal(column)}, 'key', "
+            f"json_build_object({key}), 'text', t.{quote_ident(column)}::text) END)"
+            for column, condition in self.exact_conditions.items())
+        return f"SELECT e FROM {self.from_sql} t, LATERAL (VALUES {values}) v(e) WHERE e IS NOT NULL"
 
     def json_copy_sql(self, where: str = "") -> str:
         """COPY that renders each row as one JSON line, passed through byte for byte.
@@ -68,9 +102,125 @@ class Table:
         so nothing is quoted or escaped (text format would double every backslash).
         """
         return (
-            f"COPY (SELECT row_to_json(t.*) FROM ({self.select_sql(where)}) t) TO STDOUT "
+            f"COPY (SELECT {self.row_json()} FROM ({self.select_sql(where)}) t) TO STDOUT "
             "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
         )
+
+    def restricted(self, columns: list[str], primary_key: list[str]) -> Table:
+        """This table as a backup recorded it: only `columns`, keyed by `primary_key`."""
+        return replace(self, columns=columns, primary_key=primary_key,
+                       text_columns=[c for c in self.text_columns if c in columns],
+                       exact_conditions={c: v for c, v in self.exact_conditions.items() if c in columns})
+
+
+JSON_OID = 114
+JSONB_OID = 3802
+FIRST_NORMAL_OID = 16384  # below: built-in types, which row_to_json renders itself
+
+
+@dataclass
+class _TypeInfo:
+    base: int = 0  # the type, domains resolved
+    json_cast: bool = False  # holds a non-built-in type with its own cast to json (hstore)
+    json_text: bool = False  # holds `json`, rendered verbatim
+    json_any: bool = False  # holds `json` or `jsonb`
+    array: bool = False  # an array (domains resolved)
+
+
+def _type_info(conn: psycopg.Connection[tuple[object, ...]], oid: int, cache: dict[int, _TypeInfo]) -> _TypeInfo:
+    """What the JSON rendering of a value of type `oid` can lose (domains, arrays and composite
+    types followed down)."""
+    if oid in cache:
+        return cache[oid]
+    info = cache[oid] = _TypeInfo(base=oid)  # a recursive type sees itself as plain
+    row = conn.execute(
+        """
+        SELECT t.typtype, t.typbasetype, t.typelem, t.typcategory, t.typrelid,
+               EXISTS (SELECT 1 FROM pg_cast c WHERE c.castsource = t.oid AND c.casttarget = 'json'::regtype)
+        FROM pg_type t WHERE t.oid = %s
+        """, (oid,)).fetchone()
+    if row is None:
+        return info
+    type_type, base, element, category, relation, cast = row
+    parts: list[_TypeInfo] = []
+    if type_type == "d":
+        found = _type_info(conn, int(base), cache)  # type: ignore[call-overload]
+        info.base = found.base
+        info.array = found.array
+        parts.append(found)
+    elif category == "A" and element:
+        info.array = True
+        parts.append(_type_info(conn, int(element), cache))  # type: ignore[call-overload]
+    elif type_type == "c" and relation:
+        for (field_type,) in conn.execute(
+                "SELECT atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+                (relation,)).fetchall():
+            parts.append(_type_info(conn, int(field_type), cache))  # type: ignore[call-overload]
+    info.json_cast = bool(cast and oid >= FIRST_NORMAL_OID) or any(p.json_cast for p in parts)
+    info.json_text = oid == JSON_OID or any(p.json_text for p in parts)
+    info.json_any = oid in (JSON_OID, JSONB_OID) or any(p.json_any for p in parts)
+    return info
+
+
+def _exact_condition(table_sql: str, column: str, info: _TypeInfo) -> str | None:
+    """The SQL condition (alias t) under which a value of `column` is not carried exactly by its
+    row's JSON; None when it always is."""
+    col = f"t.{quote_ident(column)}"
+    if info.json_cast:
+        return None
+    if not info.json_any:
+        # JSON arrays have no lower bounds: an array that does not start at 1 (`[0:1]={5,6}`)
+        return f"array_dims({col}) ~ '\\[([^1]|1[^:])'" if info.array else None
+    if info.base == JSONB_OID:
+        return f"jsonb_typeof({col}) = 'null'"
+    if info.base == JSON_OID:
+        return f"(json_typeof({col}) = 'null' OR strpos({col}::text, E'\\n') > 0 OR strpos({col}::text, E'\\r') > 0)"
+    # arrays and composite types holding json/jsonb: JSON null elements and fields, line breaks
+    # and \u0000 inside `json`; whether the value survives is asked of PostgreSQL itself
+    return (f"(CASE WHEN strpos({col}::text, '\\u0000') > 0 OR strpos({col}::text, E'\\n') > 0 "
+            f"OR strpos({col}::text, E'\\r') > 0 THEN true ELSE {col}::text IS DISTINCT FROM "
+            f"(json_populate_record(NULL::{table_sql}, json_build_object({quote_literal(column)}, {col})))."
+            f"{quote_ident(column)}::text END)")
+
+
+def _column_traits(conn: psycopg.Connection[tuple[object, ...]], oid: int, table_sql: str, columns: list[str],
+                   cache: dict[int, _TypeInfo]) -> tuple[list[str], bool, dict[str, str]]:
+    """(text columns, raw json, exact conditions) of a table's exported `columns`."""
+    types = conn.execute(
+        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped",
+        (oid,)).fetchall()
+    text_columns: list[str] = []
+    raw_json = False
+    conditions: dict[str, str] = {}
+    found = {str(name): int(type_oid) for name, type_oid in types}  # type: ignore[call-overload]
+    for column in columns:
+        if column not in found:
+            continue
+        info = _type_info(conn, found[column], cache)
+        if info.json_cast:
+            text_columns.append(column)
+            continue
+        raw_json = raw_json or info.json_text
+        condition = _exact_condition(table_sql, column, info)
+        if condition is not None:
+            conditions[column] = condition
+    return text_columns, raw_json, conditions
+
+
+def describe_table(conn: psycopg.Connection[tuple[object, ...]], schema: str, name: str, columns: list[str],
+                   primary_key: list[str]) -> Table:
+    """A table of the database as a backup recorded it (its `columns` and key), rendered the way
+    a backup renders it; raises SourceError when it does not exist."""
+    table = Table(schema, name, columns, primary_key)
+    try:
+        row = conn.execute("SELECT %s::regclass::oid", (table.sql_name,)).fetchone()
+        assert row is not None
+        text_columns, raw_json, conditions = _column_traits(conn, int(row[0]), table.sql_name,  # type: ignore[call-overload]
+                                                            columns, {})
+    except psycopg.Error as exc:
+        raise SourceError(f"exporting {table.key} failed: {one_line(exc)}") from None
+    return replace(table, text_columns=text_columns, raw_json=raw_json, exact_conditions=conditions,
+                   partitioned=is_partitioned(conn, schema, name))
 
 
 def _matches(schema: str, table: str, patterns: list[str]) -> bool:
@@ -172,6 +322,7 @@ def discover(
     tree = _Tree(conn, schemas)
     tables: dict[int, Table] = {}
     inherited_required: dict[int, set[str]] = {}
+    type_cache: dict[int, _TypeInfo] = {}
     for relation in tree.tables():
         oid, schema, name = relation.oid, relation.schema, relation.name
         if include and not _matches(schema, name, include):
@@ -207,9 +358,11 @@ def discover(
         required = [str(a[0]) for a in attrs if a[2] and a[0] in excluded]
         inherited_required[oid] = {str(a[0]) for a in attrs if a[2] and a[3] and a[0] in excluded}
         partitions = tuple((r.schema, r.name) for r in tree.descendants(oid)) if relation.partitioned else ()
+        text_columns, raw_json, conditions = _column_traits(conn, oid, qualified(schema, name), columns, type_cache)
         tables[oid] = Table(schema, name, columns, [str(p[0]) for p in pk],
                             [c for c in excluded if c in present], generated, required,
-                            relation.partitioned, partitions)
+                            relation.partitioned, partitions, text_columns=text_columns, raw_json=raw_json,
+                            exact_conditions=conditions)
     for oid, inherited in inherited_required.items():
         # an inherited column whose parent (in this backup) relaxes it too: ALTER TABLE on the
         # parent reaches the child, and the child alone may not drop it (PostgreSQL 18)

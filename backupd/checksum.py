@@ -9,14 +9,23 @@ The digest names its hash: `xxh3sum64:` (XXH3-64, what backups are made with) or
 times faster, and the hash is in the way of the export's speed; either detects a changed row with
 the same odds (2^-64), and neither is meant to resist forgery: an artifact's SHA-256 in the
 manifest does that.
+
+`xxh3sum64v2:` (what backups are made with now) also sums, for each of the table's `exactValues`
+entries (values a row's JSON does not carry exactly, such as a JSON `null` that would read back as
+SQL NULL; see docs/restore.md), the XXH3-64 of `exactValues\0` plus the entry as canonical JSON
+(keys sorted, no spaces): a restore that loses such a value no longer matches. `xxh3sum64:` and
+`b2sum64:` digests (older backups) are verified as they were made, without the entries.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from decimal import Decimal
 from hashlib import blake2b
+from typing import Any
 
 import xxhash
 
@@ -35,8 +44,27 @@ def _blake2b_sum(lines: list[bytes]) -> int:
     return sum(digests)
 
 
-ALGORITHMS: dict[str, Callable[[list[bytes]], int]] = {"xxh3sum64": _xxh3_sum, "b2sum64": _blake2b_sum}
-DEFAULT_ALGORITHM = "xxh3sum64"
+ALGORITHMS: dict[str, Callable[[list[bytes]], int]] = {
+    "xxh3sum64v2": _xxh3_sum, "xxh3sum64": _xxh3_sum, "b2sum64": _blake2b_sum}
+# the digests that also cover a table's exactValues entries
+WITH_EXACT_VALUES = {"xxh3sum64v2"}
+DEFAULT_ALGORITHM = "xxh3sum64v2"
+EXACT_PREFIX = b"exactValues\x00"
+
+
+def canonical_json(value: Any) -> str:
+    """`value` (parsed with numbers as int or Decimal) as canonical JSON: keys sorted, no spaces,
+    numbers as written."""
+    if isinstance(value, dict):
+        return "{" + ",".join(json.dumps(str(k), ensure_ascii=False) + ":" + canonical_json(value[k])
+                              for k in sorted(value)) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(canonical_json(v) for v in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, (int, Decimal)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
 class TableChecksum:
@@ -58,6 +86,15 @@ class TableChecksum:
         """Add complete rows."""
         self.rows += len(lines)
         self._sum = (self._sum + self._hash_sum(lines)) & _MASK
+
+    def add_exact_values(self, entries: Iterable[Any]) -> None:
+        """Add the table's exactValues entries (parsed JSON objects); a digest made before they
+        existed ignores them."""
+        if self.algorithm not in WITH_EXACT_VALUES:
+            return
+        lines = [EXACT_PREFIX + canonical_json(entry).encode() for entry in entries]
+        if lines:
+            self._sum = (self._sum + self._hash_sum(lines)) & _MASK
 
     @property
     def hexdigest(self) -> str:

@@ -249,3 +249,60 @@ class RowConverter:
         if end != len(text) or not isinstance(record, dict):
             raise IntegrityError(f"table {self.table!r} holds a row that is not a JSON object: {row[:60]!r}")
         return "\t".join(_value_exact(kind, record.get(column)) for column, kind in self._kinds).encode()
+
+
+# -- `\u0000` in json values -------------------------------------------------------------------------
+
+# a `\u0000` escape (not an escaped backslash followed by "u0000")
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+class NulValue:
+    """A top-level value of a row that held a `\\u0000` escape, taken out of the row."""
+
+    def __init__(self, key: dict[str, Any], column: str, text: str | None) -> None:
+        self.key = key
+        self.column = column
+        # the value's text for the column (a `json` column's JSON text), None when the row's JSON
+        # is not that text (an array or composite type holding json)
+        self.text = text
+
+
+def take_nul_values(row: bytes, primary_key: list[str], json_columns: set[str],
+                    table: str) -> tuple[bytes, list[NulValue]]:
+    """`row` with each top-level value that holds a `\\u0000` escape replaced by an empty object or
+    array (PostgreSQL cannot read such an escape into anything but a `json` value, and parses the
+    whole row), and those values. Raises IntegrityError for a row that is not a JSON object."""
+    text = row.decode()
+    if not _NUL_ESCAPE.search(text):
+        return row, []
+    try:
+        record, end = _scan_exact(text, 0)
+    except (StopIteration, json.JSONDecodeError):
+        record, end = None, -1
+    if not isinstance(record, dict) or end != len(text):
+        raise IntegrityError(f"table {table!r} holds a row that is not a JSON object: {row[:60]!r}")
+    key = {column: record.get(column) for column in primary_key}
+    taken: list[NulValue] = []
+    pieces: list[str] = []
+    position = _WHITESPACE.match(text, 1).end()  # type: ignore[union-attr]
+    pieces.append(text[:position])
+    while text[position] != "}":
+        name, after = _scan_exact(text, position)
+        colon = _WHITESPACE.match(text, after).end()  # type: ignore[union-attr]
+        start = _WHITESPACE.match(text, colon + 1).end()  # type: ignore[union-attr]
+        _, stop = _scan_exact(text, start)
+        raw = text[start:stop]
+        if _NUL_ESCAPE.search(raw):
+            taken.append(NulValue(key, str(name), raw if name in json_columns else None))
+            raw = "[]" if raw.startswith("[") else "{}"
+        pieces.append(text[position:start] + raw)
+        position = _WHITESPACE.match(text, stop).end()  # type: ignore[union-attr]
+        if text[position] == ",":
+            position = _WHITESPACE.match(text, position + 1).end()  # type: ignore[union-attr]
+            pieces.append(text[stop:position])
+        else:
+            pieces.append(text[stop:position])
+    pieces.append(text[position:])
+    return "".join(pieces).encode(), taken

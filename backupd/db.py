@@ -81,6 +81,11 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def quote_literal(text: str) -> str:
+    """A SQL string literal (standard_conforming_strings, as every supported server has it)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def qualified(schema: str, table: str) -> str:
     """schema.table, both quoted."""
     return f"{quote_ident(schema)}.{quote_ident(table)}"

@@ -98,7 +98,7 @@ def keys_copy_sql(table: Table) -> str:
 
 def keyed_rows_copy_sql(table: Table, where: str = "") -> str:
     """COPY of `key \\x02 row` lines sorted by key (the row rendered by row_to_json)."""
-    return (f"COPY (SELECT {key_expression(table)} AS k, row_to_json(t.*) FROM ({table.select_sql(where)}) t "
+    return (f"COPY (SELECT {key_expression(table)} AS k, {table.row_json()} FROM ({table.select_sql(where)}) t "
             f"ORDER BY 1) TO STDOUT {COPY_OPTIONS}")
 
 

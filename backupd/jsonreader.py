@@ -24,6 +24,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, BinaryIO, Protocol
 
 from backupd.errors import IntegrityError
@@ -59,6 +60,8 @@ class ExportDocument:
     tables: list[str] = field(default_factory=list)
     record_count: dict[str, int] = field(default_factory=dict)
     deleted: dict[str, list[Any]] = field(default_factory=dict)
+    # per table, values its rows do not carry exactly: {"column", "key", "text"} (docs/restore.md)
+    exact_values: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     # tables some of whose rows were not passed on byte for byte (raw newlines made spaces)
     altered: set[str] = field(default_factory=set)
@@ -108,6 +111,20 @@ def apply_field(doc: ExportDocument, key: str, value: Any, where: str) -> None:
         if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
             raise IntegrityError(f"{where}: \"deleted\" must map each table to a list of keys")
         doc.deleted = {str(k): list(v) for k, v in value.items()}
+    elif key == "exactValues":
+        doc.exact_values = _exact_values(value, where)
+
+
+def _exact_values(value: Any, where: str) -> dict[str, list[dict[str, Any]]]:
+    """The `exactValues` field, checked: per table, objects with a string `column`, an object
+    `key` and a string `text`."""
+    if isinstance(value, dict) and all(isinstance(v, list) for v in value.values()):
+        entries = {str(k): list(v) for k, v in value.items()}
+        if all(isinstance(e, dict) and isinstance(e.get("column"), str) and isinstance(e.get("key"), dict)
+               and isinstance(e.get("text"), str) for v in entries.values() for e in v):
+            return entries
+    raise IntegrityError(f"{where}: \"exactValues\" must map each table to a list of "
+                         "{\"column\", \"key\", \"text\"} objects")
 
 
 class ExportReader:
@@ -374,18 +391,23 @@ class _LineLayoutReader:
             count = 0 if match.group(2).startswith(b"]") else self._rows(sink, keys)
             sink.finish(list(keys))
             doc.rows[table] = doc.rows.get(table, 0) + count
-        for name in ("deleted", "recordCount"):
+        line = self._line()
+        for name in ("deleted", "exactValues", "recordCount"):
             prefix = f'"{name}": '.encode()
-            line = self._line()
+            if name == "exactValues" and not line.startswith(prefix):
+                continue  # written only when some table has entries
             if not line.startswith(prefix):
                 raise self._malformed(line)
-            # `deleted` ends with the comma before recordCount, recordCount with the document's brace
+            # each ends with the comma before the next field, recordCount with the document's brace
             text = line[len(prefix):-1]
             try:
-                value = json.loads(text)
+                # exactValues are checksummed as written: their numbers stay Decimal
+                value = json.loads(text, parse_float=Decimal) if name == "exactValues" else json.loads(text)
             except ValueError:
                 raise self._malformed(line) from None
             apply_field(doc, name, value, self._where)
+            if name != "recordCount":
+                line = self._line()
         while self._fill():
             pass
         if self._buf[self._pos:].strip():

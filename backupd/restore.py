@@ -61,8 +61,8 @@ import structlog
 from psycopg import sql
 
 from backupd.catalog import Table, discover
-from backupd.checksum import TableChecksum
-from backupd.copytext import RowConverter, column_kind
+from backupd.checksum import TableChecksum, canonical_json
+from backupd.copytext import RowConverter, column_kind, take_nul_values
 from backupd.db import connect, describe, one_line, quote_ident
 from backupd.destinations.base import Destination
 from backupd.errors import BackupdError, IntegrityError, NotFound, UsageError
@@ -272,6 +272,10 @@ class TargetTable:
     streamed: _DirectSink | _CopyTextSink | None = None
     # how each restored column's JSON becomes COPY text (None: some column is not converted here)
     copy_kinds: dict[str, str] | None = None
+    # columns of type json (or a domain over it): a `\u0000` escape in them is loaded apart
+    json_columns: set[str] = field(default_factory=set)
+    # exactValues to set once the rows are in (direct and streamed loads)
+    exact: list[ExactEntry] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -296,6 +300,8 @@ class Trigger:
 
 
 Conn = psycopg.Connection[tuple[Any, ...]]
+# one exactValues entry: {"column", "key", "text"} (see docs/restore.md)
+ExactEntry = dict[str, Any]
 
 
 def _target_tables(conn: Conn, schemas: list[str]) -> dict[str, TargetTable]:
@@ -305,6 +311,14 @@ def _target_tables(conn: Conn, schemas: list[str]) -> dict[str, TargetTable]:
         row = conn.execute("SELECT %s::regclass::oid", (table.sql_name,)).fetchone()
         assert row is not None
         found[table.key] = TargetTable(table, int(row[0]))
+    by_oid = {t.oid: t for t in found.values()}
+    for oid, column in conn.execute(
+            """
+            SELECT a.attrelid::oid, a.attname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+            WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
+              AND (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END) = 'json'::regtype
+            """, (list(by_oid),)).fetchall():
+        by_oid[int(oid)].json_columns.add(str(column))
     return found
 
 
@@ -344,6 +358,33 @@ def _sequences(conn: Conn, oid: int) -> list[tuple[str, str]]:
 # -- staging --------------------------------------------------------------------------------------
 
 
+class _NulValues:
+    """Takes the values holding a `\u0000` escape out of a table's rows (see
+    backupd.copytext.take_nul_values) and keeps them as exactValues entries to set afterwards."""
+
+    def __init__(self, table: TargetTable) -> None:
+        self.table = table
+        self.entries: list[ExactEntry] = []
+        # (column, key) of values only the export's exactValues can give back
+        self.needed: list[tuple[str, str]] = []
+
+    def rows(self, rows: list[bytes]) -> list[bytes]:
+        """`rows` without such values."""
+        result = []
+        for row in rows:
+            row, taken = take_nul_values(row, self.table.table.primary_key, self.table.json_columns, self.table.key)
+            if taken and not self.table.table.primary_key:
+                raise RestoreError(f"{self.table.key} holds a json value with a \\u0000 escape and has no primary "
+                                   "key: only the SQL restore (--sql) can load it")
+            for value in taken:
+                if value.text is None:
+                    self.needed.append((value.column, canonical_json(value.key)))
+                else:
+                    self.entries.append({"column": value.column, "key": value.key, "text": value.text})
+            result.append(row)
+        return result
+
+
 class _CopyStream:
     """A COPY FROM STDIN held open while a table's rows stream in."""
 
@@ -351,6 +392,7 @@ class _CopyStream:
         self.rows = 0
         self.keys: list[str] = []
         self.checksum: TableChecksum | None = None
+        self.nul: _NulValues | None = None
         self._cm = conn.cursor().copy(statement)
         self._copy = self._cm.__enter__()
         self._done = False
@@ -383,7 +425,10 @@ class _CopySink(_CopyStream):
     def write_rows(self, rows: list[bytes]) -> None:
         if self.checksum is not None:
             self.checksum.add_lines(rows)
-        self._copy.write(b"\n".join(rows) + b"\n")
+        data = b"\n".join(rows) + b"\n"
+        if self.nul is not None and b"\\u0000" in data:
+            data = b"\n".join(self.nul.rows(rows)) + b"\n"
+        self._copy.write(data)
         self.rows += len(rows)
         self.progress.staged(self.table, len(rows))
 
@@ -403,6 +448,7 @@ class _DirectSink:
         self.rows = 0
         self.keys: list[str] = []
         self.checksum: TableChecksum | None = None
+        self.nul: _NulValues | None = _NulValues(table)
         name = table.table.sql_name
         cols = ", ".join(quote_ident(c) for c in table.restore_columns)
         typed = ", ".join(f"r.{quote_ident(c)}" for c in table.restore_columns)
@@ -412,8 +458,11 @@ class _DirectSink:
     def write_rows(self, rows: list[bytes]) -> None:
         if self.checksum is not None:
             self.checksum.add_lines(rows)
+        joined = b"[" + b",".join(rows) + b"]"
+        if self.nul is not None and b"\\u0000" in joined:
+            joined = b"[" + b",".join(self.nul.rows(rows)) + b"]"
         try:
-            batch = (b"[" + b",".join(rows) + b"]").decode()
+            batch = joined.decode()
         except UnicodeDecodeError:
             raise IntegrityError(f"rows of {self.table.key} are not UTF-8 text") from None
         try:
@@ -517,6 +566,8 @@ class _Staged:
     document: ExportDocument
     tables: dict[str, _CopySink | _DirectSink | _CopyTextSink]
     deleted: dict[str, list[Any]]
+    # per table, the exactValues to set on its rows once they are loaded
+    exact: dict[str, list[ExactEntry]] = field(default_factory=dict)
 
 
 class JsonRestore:
@@ -716,6 +767,7 @@ class JsonRestore:
                 sinks[key] = direct
             else:
                 sinks[key] = _CopySink(conn, f"backupd_raw_{index}_{len(sinks)}", key, self.progress)
+                sinks[key].nul = _NulValues(target[key])
             entry = item.manifest.tables.get(key) if item.manifest is not None else None
             if entry is not None:
                 sinks[key].checksum = TableChecksum.like(entry.checksum)
@@ -738,6 +790,8 @@ class JsonRestore:
                 if entry is not None and entry.rows != sink.rows:
                     raise IntegrityError(f"{item.label}: {key} has {sink.rows} rows, the manifest says {entry.rows}")
                 checksum = sink.checksum
+                if checksum is not None:
+                    checksum.add_exact_values(document.exact_values.get(key, []))
                 if (entry is not None and checksum is not None and key not in document.altered
                         and checksum.hexdigest != entry.checksum):
                     raise IntegrityError(f"{item.label}: the rows of {key} do not match the manifest's checksum "
@@ -746,7 +800,52 @@ class JsonRestore:
             if key in sinks and count != sinks[key].rows:
                 raise IntegrityError(f"{item.label}: {key} has {sinks[key].rows} rows, recordCount says {count}")
         deleted = {k: v for k, v in document.deleted.items() if k in target and (self.only is None or k in self.only)}
-        return _Staged(item, document, sinks, deleted)
+        exact = {key: self._exact_entries(item, key, sink, document) for key, sink in sinks.items()}
+        for key, sink in sinks.items():
+            if key in streamed:
+                streamed[key].exact = exact[key]
+        return _Staged(item, document, sinks, deleted, {k: v for k, v in exact.items() if v})
+
+    def _exact_entries(self, item: ExportInput, key: str, sink: _CopySink | _DirectSink | _CopyTextSink,
+                       document: ExportDocument) -> list[ExactEntry]:
+        """A table's exactValues for one export: the document's, plus the json values with a
+        `\\u0000` escape taken out of its rows; one entry per column and key."""
+        entries: dict[tuple[str, str], ExactEntry] = {}
+        nul = sink.nul
+        for entry in [*(nul.entries if nul is not None else []), *document.exact_values.get(key, [])]:
+            entries[(str(entry["column"]), canonical_json(entry["key"]))] = entry
+        for column, row_key in (nul.needed if nul is not None else []):
+            if (column, row_key) not in entries:
+                raise RestoreError(f"{item.label}: {key}.{column} holds a value with a \\u0000 escape inside json "
+                                   "that the JSON restore cannot load (the export has no exactValues entry for "
+                                   "it)", "restore with --sql")
+        return list(entries.values())
+
+    def _set_exact(self, conn: Conn, table: TargetTable, relation: str, entries: list[ExactEntry]) -> None:
+        """Set the exactValues `entries` on the rows of `relation` (the target table, or its typed
+        staging) with their keys: values the rows' JSON did not carry exactly."""
+        pk = table.table.primary_key
+        types: dict[str, str] = dict(conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s "
+            "AND attnum > 0 AND NOT attisdropped", (table.oid,)).fetchall())
+        columns = sorted({str(e["column"]) for e in entries if e["column"] in table.restore_columns})
+        if not columns or not pk:
+            return
+        conn.execute("CREATE TEMP TABLE backupd_exact (k text, c text, v text) ON COMMIT DROP")
+        with conn.cursor().copy("COPY backupd_exact (k, c, v) FROM STDIN") as copy:
+            for entry in entries:
+                copy.write_row((canonical_json(entry["key"]), entry["column"], entry["text"]))
+        keys = ", ".join(f"r.{quote_ident(c)}" for c in pk)
+        match = " AND ".join(f"t.{quote_ident(c)} = e.{quote_ident(c)}" for c in pk)
+        for column in columns:
+            try:
+                conn.execute(
+                    f"UPDATE {relation} t SET {quote_ident(column)} = e.v::{types[column]} FROM (SELECT {keys}, x.v "
+                    f"FROM backupd_exact x, LATERAL json_populate_record(NULL::{table.table.sql_name}, x.k::json) r "
+                    f"WHERE x.c = %s) e WHERE {match}", (column,))
+            except psycopg.Error as exc:
+                raise RestoreError(f"restoring {table.key} failed, target unchanged: {one_line(exc)}") from None
+        conn.execute("DROP TABLE backupd_exact")
 
     def _table_order(self, target: dict[str, TargetTable], staged: list[_Staged]) -> list[str]:
         for item in reversed(self.inputs):
@@ -787,6 +886,7 @@ class JsonRestore:
                 holder = holders[0].tables[table.key]
                 assert isinstance(holder, _CopySink)
                 table.direct = holder
+                table.exact = holders[0].exact.get(table.key, [])
                 return
         name = self._staging_name(table)
         conn.execute(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS SELECT {cols} FROM {table.table.from_sql} "
@@ -806,15 +906,18 @@ class JsonRestore:
                         f"DELETE FROM {name} WHERE ({pk_cols}) IN (SELECT {', '.join(f'r.{quote_ident(c)}' for c in pk)} "
                         f"FROM {sink.temp_name} x, LATERAL json_populate_record(NULL::{table.table.sql_name}, "
                         "x.line::json) r)")
-            if sink is None:
-                continue
-            try:
-                conn.execute(f"INSERT INTO {name} ({cols}) SELECT {typed} FROM {sink.temp_name} x, "
-                             f"LATERAL json_populate_record(NULL::{table.table.sql_name}, x.line::json) r")
-            except psycopg.Error as exc:
-                raise RestoreError(f"{item.input.label}: rows of {table.key} do not fit the target: "
-                                   f"{one_line(exc)}") from None
-            conn.execute(f"DROP TABLE {sink.temp_name}")
+            if sink is not None:
+                try:
+                    conn.execute(f"INSERT INTO {name} ({cols}) SELECT {typed} FROM {sink.temp_name} x, "
+                                 f"LATERAL json_populate_record(NULL::{table.table.sql_name}, x.line::json) r")
+                except psycopg.Error as exc:
+                    raise RestoreError(f"{item.input.label}: rows of {table.key} do not fit the target: "
+                                       f"{one_line(exc)}") from None
+                conn.execute(f"DROP TABLE {sink.temp_name}")
+            if item.exact.get(table.key):
+                # a later export's rows replace earlier ones with their entries, so each export's
+                # entries are set right after its rows
+                self._set_exact(conn, table, name, item.exact[table.key])
         if pk:
             try:
                 conn.execute(f"ALTER TABLE {name} ADD PRIMARY KEY ({pk_cols})")
@@ -880,6 +983,8 @@ class JsonRestore:
         strategy = self.strategy
         if table.streamed is not None:
             counts.inserted = table.streamed.rows
+            if table.exact:
+                self._set_exact(conn, table, table.table.sql_name, table.exact)
             return
         if table.direct is not None:
             raw = table.direct.temp_name
@@ -895,6 +1000,8 @@ class JsonRestore:
                                    + (f" ({_detail(exc)})" if _detail(exc) else "")) from None
             counts.inserted = cursor.rowcount
             conn.execute(f"DROP TABLE {raw}")
+            if table.exact:
+                self._set_exact(conn, table, table.table.sql_name, table.exact)
             return
         if strategy == "merge" and "updated_at" not in columns:
             strategy = "upsert"

@@ -40,7 +40,7 @@ from typing import Any, BinaryIO
 import psycopg
 import structlog
 
-from backupd.catalog import Table, is_partitioned
+from backupd.catalog import describe_table
 from backupd.checksum import DEFAULT_ALGORITHM, TableChecksum
 from backupd.config import Config, DestinationConfig
 from backupd.crypto import holds_private_key
@@ -323,6 +323,7 @@ def _check_export(stream: BinaryIO, manifest: Manifest, where: str) -> tuple[str
     document = ExportReader(stream, where).read(handler)
     problems: list[str] = []
     for key, checksum in tables.items():
+        checksum.add_exact_values(document.exact_values.get(key, []))
         if key in document.record_count and document.record_count[key] != checksum.rows:
             problems.append(f"table {key}: {checksum.rows} rows, its recordCount says {document.record_count[key]}")
     if manifest.kind == "full":
@@ -545,10 +546,8 @@ def _checksums(dsn: str, manifest: Manifest) -> dict[str, tuple[int, str] | str]
             schema, name = _split_key(key)
             like = TableChecksum.like(entry.checksum)
             try:
-                table = Table(schema, name, list(entry.columns), list(entry.primary_key),
-                              partitioned=is_partitioned(conn, schema, name))
-                checksum = table_checksum(conn, table,
-                                          like.algorithm if like is not None else DEFAULT_ALGORITHM)
+                table = describe_table(conn, schema, name, list(entry.columns), list(entry.primary_key))
+                checksum = table_checksum(conn, table, like.algorithm if like is not None else DEFAULT_ALGORITHM)
             except SourceError as exc:
                 conn.rollback()
                 found[key] = str(exc)

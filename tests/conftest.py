@@ -167,7 +167,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
 
 def table_checksums(dsn: str, manifest_tables: dict[str, Any] | None = None) -> dict[str, tuple[int, str]]:
     """Per table (rows, checksum) of a database, over the columns the manifest recorded (or all)."""
-    from backupd.catalog import Table, discover
+    from backupd.catalog import discover
     from backupd.checksum import DEFAULT_ALGORITHM, TableChecksum
     from backupd.sources.json_export import table_checksum
 
@@ -179,7 +179,7 @@ def table_checksums(dsn: str, manifest_tables: dict[str, Any] | None = None) -> 
                 if table.key not in manifest_tables:
                     continue
                 columns = manifest_tables[table.key]["columns"]
-                table = Table(table.schema, table.name, columns, table.primary_key, partitioned=table.partitioned)
+                table = table.restricted(columns, table.primary_key)
                 like = TableChecksum.like(manifest_tables[table.key]["checksum"])
                 checksum = table_checksum(conn, table, like.algorithm if like else DEFAULT_ALGORITHM)
             else:

@@ -142,7 +142,7 @@ def _open_output(args: argparse.Namespace) -> tuple[Sink, _FileSink | None]:
 
 def _export_json(snapshot: Snapshot, tables: list[Table], where: dict[str, str], since: datetime | None,
                  args: argparse.Namespace) -> dict[str, int]:
-    from backupd.sources.json_export import JsonDocumentWriter, copy_json_lines
+    from backupd.sources.json_export import JsonDocumentWriter, copy_json_lines, exact_values
 
     out, file_sink = _open_output(args)
     try:
@@ -151,6 +151,7 @@ def _export_json(snapshot: Snapshot, tables: list[Table], where: dict[str, str],
         for table in tables:
             progress.current().stage(f"exporting {table.key}")
             document.table(table.key, copy_json_lines(snapshot.conn, table, where.get(table.key, "")))
+            document.exact_values(table.key, exact_values(snapshot.conn, table))
             progress.current().done(table.key, document.counts.get(table.key, 0))
         document.finish()
         out.close()

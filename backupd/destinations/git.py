@@ -49,6 +49,7 @@ from urllib.parse import quote
 import structlog
 
 from backupd import proc
+from backupd.checksum import canonical_json
 from backupd.config import GitDestinationConfig
 from backupd.destinations.base import StagedBackup, destination_os_error
 from backupd.destinations.gitremote import diagnose, is_ssh_remote, ssh_environment, ssh_target
@@ -100,6 +101,9 @@ def read_export(stream: BinaryIO) -> Iterator[tuple[str, Any]]:
                 raise line_too_long("export.json")
             try:
                 trailer = json.loads(b"{" + rest)
+                if "exactValues" in trailer:
+                    # checksummed as written: their numbers stay Decimal
+                    trailer["exactValues"] = json.loads(b"{" + rest, parse_float=Decimal)["exactValues"]
             except json.JSONDecodeError as exc:
                 raise IntegrityError(f"export.json ends badly: {exc}") from None
             yield "trailer", trailer
@@ -223,6 +227,8 @@ def assemble_export(out: IO[bytes], header: dict[str, Any], open_table: Any) -> 
     for key in header["tables"]:
         with open_table(table_file(key)) as stream:
             writer.table(key, table_rows(stream))
+    for key, entries in json.loads(header.get("exactValues") or "{}", parse_float=Decimal).items():
+        writer.exact_values(key, entries)
     writer.finish(header.get("deleted") or {})
 
 
@@ -492,6 +498,9 @@ class GitDestination:
                     close_table()
                     writer = None
                     header["deleted"] = value.get("deleted") or {}
+                    if value.get("exactValues"):
+                        # kept as their JSON text: numbers exactly as written (see docs/restore.md)
+                        header["exactValues"] = canonical_json(value["exactValues"])
         header["files"] = {key: table_file(key) for key in header.get("tables", [])}
         return header
 

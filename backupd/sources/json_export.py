@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import psycopg
 import structlog
 
 from backupd.catalog import Table
-from backupd.checksum import DEFAULT_ALGORITHM, LineSplitter, TableChecksum
-from backupd.db import one_line
+from backupd.checksum import DEFAULT_ALGORITHM, LineSplitter, TableChecksum, canonical_json
+from backupd.db import one_line, quote_literal
 from backupd.errors import SourceError
 from backupd.manifest import TableEntry, iso
 from backupd.snapshot import Snapshot
@@ -76,6 +77,41 @@ def copy_json_lines(conn: psycopg.Connection[tuple[object, ...]], table: Table,
     return copy_lines(conn, table.json_copy_sql(where), f"exporting {table.key}")
 
 
+COPY_AS_LINES = "WITH (FORMAT csv, DELIMITER E'\\x02', QUOTE E'\\x01')"
+# a table's exactValues entries, as the export document holds them (parsed JSON objects)
+ExactValues = list[dict[str, Any]]
+
+
+def exact_values(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> ExactValues:
+    """The table's exactValues entries (values its rows' JSON does not carry exactly), read in the
+    connection's transaction: `{"column", "key", "text"}` each, numbers as int or Decimal."""
+    query = table.exact_values_sql()
+    if query is None:
+        return []
+    entries: ExactValues = []
+    for lines in copy_lines(conn, f"COPY ({query}) TO STDOUT {COPY_AS_LINES}", f"exporting {table.key}"):
+        entries += [json.loads(line, parse_float=Decimal) for line in lines]
+    return entries
+
+
+def warn_unkeyed_exact_values(conn: psycopg.Connection[tuple[object, ...]], table: Table) -> None:
+    """Log a warning naming the columns of a table without a primary key that hold values its
+    JSON export cannot carry exactly (exactValues entries need a key to name their row)."""
+    if table.primary_key or not table.exact_conditions:
+        return
+    cases = ", ".join(f"CASE WHEN {condition} THEN {quote_literal(column)} END"
+                      for column, condition in table.exact_conditions.items())
+    try:
+        rows = conn.execute(f"SELECT DISTINCT c FROM {table.sql_name} t, unnest(ARRAY[{cases}]) c "
+                            "WHERE c IS NOT NULL ORDER BY 1").fetchall()
+    except psycopg.Error as exc:
+        raise SourceError(f"exporting {table.key} failed: {one_line(exc)}") from None
+    if rows:
+        log.warning("json_values_not_exact", table=table.key, columns=",".join(str(r[0]) for r in rows),
+                    detail="a table without a primary key: its JSON restore reads these JSON nulls as SQL "
+                           "NULL and json text without its line breaks (the SQL dump keeps them)")
+
+
 def table_checksum(conn: psycopg.Connection[tuple[object, ...]], table: Table,
                    algorithm: str = DEFAULT_ALGORITHM) -> TableChecksum:
     """Rows and checksum of a table as it is now (for verification after a restore).
@@ -89,6 +125,7 @@ def table_checksum(conn: psycopg.Connection[tuple[object, ...]], table: Table,
     checksum = TableChecksum(algorithm)
     for lines in copy_json_lines(conn, table):
         checksum.add_lines(lines)
+    checksum.add_exact_values(exact_values(conn, table))
     return checksum
 
 
@@ -99,6 +136,7 @@ class JsonDocumentWriter:
                  incremental: bool = False, since: str | None = None) -> None:
         self.out = out
         self.counts: dict[str, int] = {}
+        self.exact: dict[str, ExactValues] = {}
         self._first_table = True
         header = {
             "version": EXPORT_VERSION,
@@ -132,11 +170,21 @@ class JsonDocumentWriter:
         self.out.write(b"\n]" if count else b"]")
         self.counts[key] = count
 
+    def exact_values(self, key: str, entries: ExactValues) -> None:
+        """Record one table's exactValues entries (written by `finish`)."""
+        if entries:
+            self.exact[key] = entries
+
+    def _trailer(self) -> None:
+        if self.exact:
+            self.out.write(b'"exactValues": ' + canonical_json(self.exact).encode() + b",\n")
+        self.out.write(b'"recordCount": ' + json.dumps(self.counts).encode() + b"}\n")
+
     def finish(self, deleted: dict[str, list[object]] | None = None) -> None:
-        """Close the document with `deleted` and `recordCount`."""
+        """Close the document with `deleted`, `exactValues` (when any) and `recordCount`."""
         self.out.write(b"\n},\n")
         self.out.write(b'"deleted": ' + json.dumps(deleted or {}, ensure_ascii=False).encode() + b",\n")
-        self.out.write(b'"recordCount": ' + json.dumps(self.counts).encode() + b"}\n")
+        self._trailer()
 
     def finish_deleted(self, deleted: dict[str, Path]) -> None:
         """Close the document like `finish`, streaming `deleted` from files of JSON keys (one per
@@ -150,7 +198,7 @@ class JsonDocumentWriter:
                 self.out.write((b", " if count else b"") + line)
             self.out.write(b"]")
         self.out.write(b"},\n")
-        self.out.write(b'"recordCount": ' + json.dumps(self.counts).encode() + b"}\n")
+        self._trailer()
 
 
 class JsonExportSource:
@@ -177,6 +225,10 @@ class JsonExportSource:
 
                 progress.current().stage(f"exporting {table.key}")
                 document.table(table.key, counted(copy_json_lines(snapshot.conn, table)))
+                entries = exact_values(snapshot.conn, table)
+                checksum.add_exact_values(entries)
+                document.exact_values(table.key, entries)
+                warn_unkeyed_exact_values(snapshot.conn, table)
                 report.tables[table.key] = TableEntry(
                     rows=checksum.rows, checksum=checksum.hexdigest, columns=table.columns,
                     primary_key=table.primary_key, has_updated_at=table.has_updated_at,

@@ -35,7 +35,13 @@ from backupd.manifest import TableEntry
 from backupd.snapshot import Snapshot
 from backupd.sources import ArtifactSink, SourceReport
 from backupd import progress
-from backupd.sources.json_export import JsonDocumentWriter, copy_json_lines, copy_lines
+from backupd.sources.json_export import (
+    JsonDocumentWriter,
+    copy_json_lines,
+    copy_lines,
+    exact_values,
+    warn_unkeyed_exact_values,
+)
 
 log = structlog.get_logger("backupd.export")
 MISSED_BATCH = 500
@@ -73,6 +79,12 @@ class TrackedJsonExportSource:
                     progress.current().stage(f"exporting {table.key}")
                     rows = self._table_rows(snapshot.conn, table, Path(scratch), deleted)
                     document.table(table.key, counted(rows))
+                    # entries for every row of the table, not only the ones written: applying one to a
+                    # row an earlier backup of the chain holds sets the value it has anyway
+                    entries = exact_values(snapshot.conn, table)
+                    checksum.add_exact_values(entries)
+                    document.exact_values(table.key, entries)
+                    warn_unkeyed_exact_values(snapshot.conn, table)
                     report.tables[table.key] = TableEntry(
                         rows=checksum.rows, checksum=checksum.hexdigest, columns=table.columns,
                         primary_key=table.primary_key, has_updated_at=table.has_updated_at,
@@ -163,7 +175,7 @@ class TrackedJsonExportSource:
 
     def _rows_by_key(self, conn: psycopg.Connection[tuple[object, ...]], table: Table,
                      keys: list[bytes]) -> list[bytes]:
-        sql = (f"SELECT row_to_json(t.*)::text FROM ({table.select_sql()}) t "
+        sql = (f"SELECT ({table.row_json()})::text FROM ({table.select_sql()}) t "
                f"WHERE {key_expression(table)} = ANY(%s::text[])")
         try:
             rows = conn.execute(sql.encode(), ([k.decode() for k in keys],)).fetchall()

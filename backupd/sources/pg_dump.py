@@ -52,6 +52,7 @@ class PgDumpSource:
         self.tables = tables
         self.tool: PgTool | None = None
         self._excluded: list[tuple[str, str]] | None = None
+        self._extensions: list[str] | None = None
 
     def pick_tool(self, snapshot: Snapshot) -> PgTool:
         """The pg_dump to use against this server (checked before any dumping)."""
@@ -59,6 +60,22 @@ class PgDumpSource:
             self.tool = pick("pg_dump", snapshot.info.server_version_num // 10000,
                              snapshot.info.server_version, self.dump.pg_dump)
         return self.tool
+
+    def _extension_args(self, snapshot: Snapshot) -> list[str]:
+        """`--extension` for each extension in the backed-up schemas (read once): pg_dump's
+        --schema/--table leave out the extensions the tables' types come from (hstore, citext),
+        and schema.sql would not restore into an empty database without them."""
+        if self._extensions is None:
+            schemas = sorted({t.schema for t in self.tables} | set(self.source.schemas))
+            conn = snapshot.attach()
+            try:
+                rows = conn.execute(
+                    "SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                    "WHERE n.nspname = ANY(%s) ORDER BY 1", (schemas,)).fetchall()
+            finally:
+                conn.close()
+            self._extensions = [str(r[0]) for r in rows]
+        return [arg for name in self._extensions for arg in ("--extension", _pattern(name))]
 
     def _excluded_relations(self, snapshot: Snapshot) -> list[tuple[str, str]]:
         """The excluded tables with their partitions and inheritance children (read once)."""
@@ -108,7 +125,8 @@ class PgDumpSource:
         report = SourceReport()
         argv, env = self._base_argv(snapshot)
         log.info("dump_started", pg_dump=self.tool.version if self.tool else "")
-        report.artifacts.append(self._run(argv + self.selection_args(snapshot, data=False) + ["--schema-only"],
+        schema_argv = argv + self.selection_args(snapshot, data=False) + self._extension_args(snapshot)
+        report.artifacts.append(self._run(schema_argv + ["--schema-only"],
                                           env, sink.open("schema.sql", "schema"), rewrite=_idempotent_create_schema))
         partial = [t for t in self.tables if t.excluded_columns]
         data_argv = argv + self.selection_args(snapshot, data=True) + ["--data-only"]
