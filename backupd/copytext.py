@@ -38,6 +38,8 @@ from backupd.errors import IntegrityError
 SCALAR = "scalar"
 BOOL = "bool"
 JSONB = "jsonb"
+# a NOT NULL jsonb column: its `null` can only be the JSON null (restored as such)
+JSONB_NOT_NULL = "jsonb-not-null"
 ARRAY = "array"
 
 
@@ -112,8 +114,8 @@ def _array_exact(value: Any) -> str:
 
 def _value_exact(kind: str, value: Any) -> str:
     if value is None:
-        return "\\N"
-    if kind == JSONB:
+        return "null" if kind == JSONB_NOT_NULL else "\\N"
+    if kind in (JSONB, JSONB_NOT_NULL):
         return _copy_escape(_json_exact(value))
     if kind == ARRAY:
         return _copy_escape(_array_exact(value))
@@ -193,6 +195,8 @@ class RowConverter:
             if kind in (SCALAR, BOOL):
                 body.append(f"    v = {piece}; {name} = v[{offset + 1}:-1] if v[{offset}] == 34 else "
                             f"(NULL if v[{offset}:] == b'null' else v[{offset}:])")
+            elif kind == JSONB_NOT_NULL:
+                body.append(f"    {name} = {piece}[{offset}:].replace(b'\\\\', b'\\\\\\\\')")
             elif kind == JSONB:
                 body.append(f"    v = {piece}[{offset}:]; {name} = NULL if v == b'null' else v.replace(b'\\\\', b'\\\\\\\\')")
             else:

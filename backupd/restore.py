@@ -62,7 +62,7 @@ from psycopg import sql
 
 from backupd.catalog import Table, discover
 from backupd.checksum import TableChecksum, canonical_json
-from backupd.copytext import RowConverter, column_kind, take_nul_values
+from backupd.copytext import JSONB, JSONB_NOT_NULL, RowConverter, column_kind, take_nul_values
 from backupd.db import connect, describe, one_line, quote_ident
 from backupd.destinations.base import Destination
 from backupd.errors import BackupdError, IntegrityError, NotFound, UsageError
@@ -274,6 +274,8 @@ class TargetTable:
     copy_kinds: dict[str, str] | None = None
     # columns of type json (or a domain over it): a `\u0000` escape in them is loaded apart
     json_columns: set[str] = field(default_factory=set)
+    # NOT NULL json/jsonb columns: a `null` in their rows can only be the JSON null
+    json_not_null: set[str] = field(default_factory=set)
     # exactValues to set once the rows are in (direct and streamed loads)
     exact: list[ExactEntry] = field(default_factory=list)
 
@@ -312,14 +314,26 @@ def _target_tables(conn: Conn, schemas: list[str]) -> dict[str, TargetTable]:
         assert row is not None
         found[table.key] = TargetTable(table, int(row[0]))
     by_oid = {t.oid: t for t in found.values()}
-    for oid, column in conn.execute(
+    for oid, column, is_json, not_null in conn.execute(
             """
-            SELECT a.attrelid::oid, a.attname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+            SELECT a.attrelid::oid, a.attname, b.oid = 'json'::regtype, a.attnotnull OR t.typnotnull
+            FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+            JOIN pg_type b ON b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
             WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
-              AND (CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END) = 'json'::regtype
+              AND b.oid IN ('json'::regtype, 'jsonb'::regtype)
             """, (list(by_oid),)).fetchall():
-        by_oid[int(oid)].json_columns.add(str(column))
+        if is_json:
+            by_oid[int(oid)].json_columns.add(str(column))
+        if not_null:
+            by_oid[int(oid)].json_not_null.add(str(column))
     return found
+
+
+def _typed(table: TargetTable, columns: list[str]) -> str:
+    """The SELECT list taking `columns` from `json_populate_record`'s `r`: the JSON null of a NOT
+    NULL json/jsonb column (which json_populate_record reads as SQL NULL) stays a JSON null."""
+    return ", ".join(f"COALESCE(r.{quote_ident(c)}, 'null')" if c in table.json_not_null else f"r.{quote_ident(c)}"
+                     for c in columns)
 
 
 def _foreign_keys(conn: Conn, oids: list[int]) -> list[ForeignKey]:
@@ -451,7 +465,7 @@ class _DirectSink:
         self.nul: _NulValues | None = _NulValues(table)
         name = table.table.sql_name
         cols = ", ".join(quote_ident(c) for c in table.restore_columns)
-        typed = ", ".join(f"r.{quote_ident(c)}" for c in table.restore_columns)
+        typed = _typed(table, table.restore_columns)
         self.statement = (f"INSERT INTO {name} ({cols}) OVERRIDING SYSTEM VALUE SELECT {typed} "
                           f"FROM json_populate_recordset(NULL::{name}, %s::json) r")
 
@@ -532,7 +546,8 @@ def _copy_kinds(conn: Conn, table: TargetTable) -> dict[str, str] | None:
     kinds = {c: found.get(c) for c in table.restore_columns}
     if any(kind is None for kind in kinds.values()):
         return None
-    return {c: k for c, k in kinds.items() if k is not None}
+    return {c: JSONB_NOT_NULL if k == JSONB and c in table.json_not_null else k
+            for c, k in kinds.items() if k is not None}
 
 
 def _drop_indexes(conn: Conn, table: TargetTable) -> list[str]:
@@ -877,7 +892,7 @@ class JsonRestore:
         if not pk and self.strategy != "replace":
             raise RestoreError(f"{table.key} has no primary key: only --strategy replace can restore it")
         cols = ", ".join(quote_ident(c) for c in columns)
-        typed = ", ".join(f"r.{quote_ident(c)}" for c in columns)
+        typed = _typed(table, columns)
         holders = [item for item in staged if table.key in item.tables or item.deleted.get(table.key)]
         if len(holders) == 1 and not holders[0].deleted.get(table.key):
             empty = conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {table.table.from_sql})").fetchone()
@@ -988,7 +1003,7 @@ class JsonRestore:
             return
         if table.direct is not None:
             raw = table.direct.temp_name
-            typed = ", ".join(f"r.{quote_ident(c)}" for c in columns)
+            typed = _typed(table, columns)
             direct = (f"INSERT INTO {table.table.sql_name} ({cols}) OVERRIDING SYSTEM VALUE SELECT {typed} "
                       f"FROM {raw} x, LATERAL json_populate_record(NULL::{table.table.sql_name}, x.line::json) r")
             try:

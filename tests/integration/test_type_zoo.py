@@ -301,3 +301,37 @@ def test_the_git_destination_keeps_exact_values(pg, tmp_path):
     result = run_cli("--config", str(config), "restore", "latest", "--target", target, "--strategy", "replace", "--yes")
     assert result.returncode == 0, result.stderr
     assert not differences(target, made.dsn)
+
+
+def test_jarvis_json_nulls_survive_the_fast_path_and_the_staged_path(make_config, source_dsn, pg):
+    """JSON nulls in the app's own tables: a NOT NULL jsonb column (tasks.metadata, whose rows go
+    through the COPY-text fast path) and nullable ones (comments.reactions, logs.context), restored
+    into empty tables and then with upsert over rows that changed them."""
+    from tests.integration.test_incremental import empty_schema as jarvis_schema
+
+    nulls = {"tasks": "metadata", "comments": "reactions", "logs": "context", "users": "preferences"}
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        for table, column in nulls.items():
+            conn.execute(f"UPDATE {table} SET {column} = 'null' WHERE id = (SELECT min(id::text)::uuid FROM {table})")
+    config = make_config()
+    result = run_cli("--config", str(config), "backup")
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(run_cli("--config", str(config), "list", "--json").stdout)
+    folder = config.parent / "backups" / listed[-1]["id"]
+    tables = json.loads((folder / "manifest.json").read_text())["tables"]
+
+    def json_nulls(dsn: str) -> dict[str, int]:
+        return {t: pg.execute(dsn, f"SELECT count(*) FROM {t} WHERE jsonb_typeof({c}) = 'null'")[0][0]
+                for t, c in nulls.items()}
+
+    target = jarvis_schema(pg)
+    result = run_cli("--config", str(config), "restore", "latest", "--target", target, "--strategy", "replace", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert json_nulls(target) == dict.fromkeys(nulls, 1)
+    assert table_checksums(target, tables) == {k: (v["rows"], v["checksum"]) for k, v in tables.items()}
+    for table, column in nulls.items():
+        pg.execute(target, f"UPDATE {table} SET {column} = '{{}}' WHERE jsonb_typeof({column}) = 'null'")
+    result = run_cli("--config", str(config), "restore", "latest", "--target", target)
+    assert result.returncode == 0, result.stderr
+    assert json_nulls(target) == dict.fromkeys(nulls, 1)
+    assert table_checksums(target, tables) == {k: (v["rows"], v["checksum"]) for k, v in tables.items()}
