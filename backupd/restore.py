@@ -999,7 +999,7 @@ class JsonRestore:
         if table.streamed is not None:
             counts.inserted = table.streamed.rows
             if table.exact:
-                self._set_exact(conn, table, table.table.sql_name, table.exact)
+                self._set_exact(conn, table, table.table.from_sql, table.exact)
             return
         if table.direct is not None:
             raw = table.direct.temp_name
@@ -1016,7 +1016,7 @@ class JsonRestore:
             counts.inserted = cursor.rowcount
             conn.execute(f"DROP TABLE {raw}")
             if table.exact:
-                self._set_exact(conn, table, table.table.sql_name, table.exact)
+                self._set_exact(conn, table, table.table.from_sql, table.exact)
             return
         if strategy == "merge" and "updated_at" not in columns:
             strategy = "upsert"
