@@ -733,7 +733,7 @@ def run_drill(config: Config, destination_config: DestinationConfig, *, trigger:
         return None
     except BackupdError as exc:
         report = VerifyReport("", destination.name, "full", datetime.now(UTC), trigger=trigger,
-                              restore_requested=True, error=f"cannot list backups: {exc}")
+                              restore_requested=True, error=f"no backup to drill: {exc}")
         report.finished = datetime.now(UTC)
         record_result(config, report)
         return report

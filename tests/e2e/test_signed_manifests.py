@@ -247,3 +247,24 @@ def test_git_destination_reader_checks_the_signature(signed, pg, tmp_path):
     refused = _cli(other, "restore", "latest", "--target", target)
     assert refused.returncode == 1 and "signature" in refused.stderr, refused.stderr
     assert table_checksums(target) == before
+
+
+def test_drill_refuses_an_untrusted_latest_before_reading_anything(signed, tmp_path):
+    """A drill (`verify latest --restore-test` from the daemon) at a destination holding only an
+    unsigned backup fails on the signature; its scratch server (a dead port here) is never reached,
+    so nothing of the backup was read. Run in-process: drills have no command of their own."""
+    from backupd.config import load_config
+    from backupd.verify import run_drill
+
+    backups, config = _store(signed, tmp_path, extra={"verify": {"scratch_dsn": "postgresql://d:pw@127.0.0.1:1/x"}})
+    folder = backups / signed["backup"].name
+    manifest = _manifest(folder)
+    del manifest["signature"]
+    _write_manifest(folder, manifest)
+    loaded = load_config(config)
+    report = run_drill(loaded, loaded.destinations[0], trigger="test")
+    assert report is not None and not report.ok
+    failure = report.failure() or ""
+    assert "signature" in failure and "scratch" not in failure, failure
+    status = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert "signature" in json.dumps(status.get("last_drill"))
