@@ -23,6 +23,7 @@ from backupd.catalog import Table
 from backupd.checksum import DEFAULT_ALGORITHM, LineSplitter, TableChecksum, canonical_json
 from backupd.db import one_line, quote_literal
 from backupd.errors import SourceError
+from backupd.lines import MAX_LINE_BYTES
 from backupd.manifest import TableEntry, iso
 from backupd.snapshot import Snapshot
 from backupd import progress
@@ -177,7 +178,14 @@ class JsonDocumentWriter:
 
     def _trailer(self) -> None:
         if self.exact:
-            self.out.write(b'"exactValues": ' + canonical_json(self.exact).encode() + b",\n")
+            line = b'"exactValues": ' + canonical_json(self.exact).encode() + b",\n"
+            if len(line) > MAX_LINE_BYTES:
+                # one line, like `deleted`: past the cap every reader refuses it, so say so now
+                log.warning("exact_values_too_large", bytes=len(line),
+                            entries=",".join(f"{k}={len(v)}" for k, v in self.exact.items()),
+                            detail="the JSON restore of this backup will refuse its export (a line over 64 MiB); "
+                                   "restore it with --sql")
+            self.out.write(line)
         self.out.write(b'"recordCount": ' + json.dumps(self.counts).encode() + b"}\n")
 
     def finish(self, deleted: dict[str, list[object]] | None = None) -> None:
