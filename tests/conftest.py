@@ -74,6 +74,27 @@ def source_dsn(pg: PgServer) -> str:
     return pg.fresh_db("src")
 
 
+# Forks `backupd` from a small interpreter: a child forked from the (large) pytest process would
+# report pytest's own resident size as its peak, since Linux carries ru_maxrss across fork and exec.
+_PEAK_WRAPPER = (
+    "import os, subprocess, sys\n"
+    "child = subprocess.Popen(sys.argv[2:])\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def backupd_peak_rss(*args: str, tmp_path: Path) -> tuple[int, str, int]:
+    """`backupd ARGS` (stdout discarded, no journald): (exit code, stderr, peak RSS in MiB of
+    backupd alone)."""
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    peak_file = tmp_path / f"peak-{uuid.uuid4().hex}"
+    result = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, str(peak_file), sys.executable, "-m", "backupd", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    return result.returncode, result.stderr.decode(), int(peak_file.read_text()) // 1024
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll `condition` until it returns something truthy (and return it); fail naming `what`
     after `timeout` seconds. The way tests wait: never a bare sleep."""

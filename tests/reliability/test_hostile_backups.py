@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import zstandard
 
 from backupd.checksum import TableChecksum
-from tests.conftest import REPO, table_checksums
+from tests.conftest import REPO, backupd_peak_rss, table_checksums
 from tests.reliability.conftest import error_lines
 
 pytestmark = pytest.mark.slow
@@ -26,17 +25,9 @@ pytestmark = pytest.mark.slow
 LONG_LINE_BYTES = 50 << 20  # the issue says 1 GB; 50 MB keeps the suite fast and still dwarfs any buffer
 
 
-def _restore(*args: str) -> tuple[int, str, int]:
-    """`backupd restore ARGS`: (exit code, stderr, peak RSS in MiB)."""
-    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
-    with open(os.devnull, "wb") as null:
-        process = subprocess.Popen([sys.executable, "-m", "backupd", "-q", "restore", *args], stdout=null,
-                                   stderr=subprocess.PIPE, env=env, cwd=REPO)
-        assert process.stderr is not None
-        stderr = process.stderr.read().decode()
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, stderr, usage.ru_maxrss // 1024
+def _restore(*args: str, tmp_path: Path) -> tuple[int, str, int]:
+    """`backupd -q restore ARGS`: (exit code, stderr, peak RSS in MiB)."""
+    return backupd_peak_rss("-q", "restore", *args, tmp_path=tmp_path)
 
 
 def _rewrite_export(backup: Path, table: str, edit: Any, fix_checksum: bool) -> None:
@@ -124,7 +115,7 @@ def test_hostile_backup_is_refused_before_the_target_is_touched(made_backup, pg,
                       f'[[destinations]]\nname = "local"\ntype = "local"\npath = "{backup.parent}"\n')
     config.chmod(0o600)
     code, stderr, peak_mib = _restore("--config", str(config), backup.name, "--target", target,
-                                      "--strategy", "replace", "--yes")
+                                      "--strategy", "replace", "--yes", tmp_path=tmp_path)
     print(f"\n{case}: exit {code}, peak RSS {peak_mib} MiB, {error_lines(stderr)}")
     assert code == 1, stderr
     assert len(error_lines(stderr)) == 1 and "Traceback" not in stderr, stderr
@@ -171,7 +162,7 @@ def test_json_file_with_an_injected_table_name_is_refused(pg, tmp_path):
                 "deleted": {}}
     path = tmp_path / "evil.json"
     path.write_text(json.dumps(document))
-    code, stderr, _ = _restore(str(path), "--target", target, "--strategy", "replace", "--yes")
+    code, stderr, _ = _restore(str(path), "--target", target, "--strategy", "replace", "--yes", tmp_path=tmp_path)
     assert code in (1, 2), stderr
     assert len(error_lines(stderr)) == 1 and "Traceback" not in stderr, stderr
     assert table_checksums(target) == before

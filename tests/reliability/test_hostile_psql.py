@@ -26,7 +26,7 @@ import psycopg
 import pytest
 import zstandard
 
-from tests.conftest import REPO, run_cli, wait_for, write_config
+from tests.conftest import REPO, backupd_peak_rss, run_cli, wait_for, write_config
 from tests.e2e.test_daemon import children_of
 from tests.reliability.conftest import error_lines
 
@@ -222,15 +222,9 @@ def test_a_200_mib_line_is_an_error_not_an_allocation(made_backup, pg, tmp_path)
     config = _config(tmp_path, backups, pg.dsn(), scratch_dsn=pg.dsn())
     target = pg.fresh_db("dry_target", template=None)
     for args in (["verify", "latest"], ["restore", "latest", "--sql", "--dry-run", "--target", target]):
-        env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
-        process = subprocess.Popen([sys.executable, "-m", "backupd", "--config", str(config), *args],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=REPO)
-        assert process.stderr is not None
-        stderr = process.stderr.read().decode()
-        _, status, usage = os.wait4(process.pid, 0)
-        peak_mib = usage.ru_maxrss // 1024
-        print(f"\n{args[0]}: exit {os.waitstatus_to_exitcode(status)}, peak RSS {peak_mib} MiB")
-        assert os.waitstatus_to_exitcode(status) == 1, stderr
+        code, stderr, peak_mib = backupd_peak_rss("--config", str(config), *args, tmp_path=tmp_path)
+        print(f"\n{args[0]}: exit {code}, peak RSS {peak_mib} MiB")
+        assert code == 1, stderr
         assert "a line longer than 64 MiB" in stderr, stderr
         assert peak_mib < 300, peak_mib  # measured 206 MiB
 
