@@ -19,7 +19,7 @@ tools:
 	@sh scripts/ensure-tools.sh
 
 test: venv tools
-	$(BIN)/pytest -q -p no:cacheprovider --durations=25
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 -n 2 --dist loadfile
 
 test-fast: venv
 	$(BIN)/pytest -q -m "not slow"

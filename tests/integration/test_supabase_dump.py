@@ -3,6 +3,7 @@ PostgreSQL seeded like a Supabase project, restored into another server prepared
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -30,14 +31,17 @@ def supabase_cli() -> Path:
     """The Supabase CLI from npm, installed once into a cache folder reused across runs."""
     binary = CLI_CACHE / "node_modules" / ".bin" / "supabase"
     version_file = CLI_CACHE / "node_modules" / "supabase" / "package.json"
-    if binary.exists() and version_file.exists() and json.loads(version_file.read_text())["version"] == CLI_VERSION:
-        return CLI_CACHE
     npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not installed: cannot install the Supabase CLI (npm i -E supabase@2.117.0)")
     CLI_CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run([npm, "i", "-E", "--no-audit", "--no-fund", "--prefix", str(CLI_CACHE),
-                    f"supabase@{CLI_VERSION}"], check=True, capture_output=True, timeout=600)
+    # one installer at a time: parallel test workers (pytest -n) share the cache folder
+    with open(CLI_CACHE.parent / "supabase-cli.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if binary.exists() and version_file.exists() and json.loads(version_file.read_text())["version"] == CLI_VERSION:
+            return CLI_CACHE
+        if npm is None:
+            pytest.skip("npm is not installed: cannot install the Supabase CLI (npm i -E supabase@2.117.0)")
+        subprocess.run([npm, "i", "-E", "--no-audit", "--no-fund", "--prefix", str(CLI_CACHE),
+                        f"supabase@{CLI_VERSION}"], check=True, capture_output=True, timeout=600)
     return CLI_CACHE
 
 
