@@ -26,9 +26,10 @@ _pattern: re.Pattern[str] | None = None
 
 # scheme://user:password@host  ->  scheme://user:***@host
 # (every part is bounded: unbounded, a long run of letters costs quadratic time to scan; a
-# registered secret is masked above whatever its length)
+# registered secret is masked above whatever its length). The scheme starts where a run of scheme
+# characters starts: tried at every letter of a long run, the scan cost 32 steps a character.
 _URL_PASSWORD = re.compile(
-    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^:/@\s]{0,256}:)(?P<pw>[^@\s]{1,1024})(?P<tail>@)")
+    r"(?P<head>(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]{0,255}://[^:/@\s]{0,256}:)(?P<pw>[^@\s]{1,1024})(?P<tail>@)")
 # password=secret (libpq key/value), PGPASSWORD=..., token=..., key:value, "token": "value"; after a
 # colon and a space only a quoted value counts (`.../telegram-token: No such file` is prose)
 _KV_SECRET = re.compile(
