@@ -72,6 +72,8 @@ class PgDumpSource:
                 rows = conn.execute(
                     "SELECT e.extname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
                     "WHERE n.nspname = ANY(%s) ORDER BY 1", (schemas,)).fetchall()
+            except psycopg.Error as exc:
+                raise SourceError(f"reading the source's extensions failed: {one_line(exc)}") from None
             finally:
                 conn.close()
             self._extensions = [str(r[0]) for r in rows]
@@ -86,6 +88,8 @@ class PgDumpSource:
                 try:
                     self._excluded = excluded_relations(conn, list(self.source.schemas),
                                                         list(self.source.exclude_tables))
+                except psycopg.Error as exc:
+                    raise SourceError(f"reading the excluded tables' partitions failed: {one_line(exc)}") from None
                 finally:
                     conn.close()
         return self._excluded
