@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 from backupd.config import load_config
+from backupd.crypto import kill_gpg_agent
 from backupd.verify import NO_PRIVATE_KEY_NOTE, run_scheduled_drills
 from tests.conftest import run_cli
 from tests.integration.test_encryption import _gpg, age_identity, gpg_keys  # noqa: F401 - fixtures
@@ -37,6 +38,7 @@ def test_gpg_public_key_only_verifies_stored_bytes_and_refuses_restore_test(
     public_home = tmp_path / "public-only"
     public_home.mkdir(mode=0o700)
     _gpg(public_home, "--import", str(operator.public))
+    kill_gpg_agent(public_home)  # the import starts one; any agent left after the test is backupd's
     config = make_config(pipeline={"encrypt_to": [str(operator.public)]}, verify={"schedule": "daily"})
     assert run_cli("--config", str(config), "-q", "backup").returncode == 0
 
